@@ -1,0 +1,30 @@
+# The two commands of the quick start: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	touch $(STAMP)
+
+## Run the daemon on the embedded default: SQLite under ./var, SMTP on 127.0.0.1:2525.
+run: $(STAMP)
+	$(BIN)/mailbridge db upgrade
+	$(BIN)/mailbridge run
+
+## Run the whole test suite (installs Python and Debian packages the tests need).
+test: $(STAMP)
+	bash scripts/install-test-deps.sh
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

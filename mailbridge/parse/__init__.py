@@ -1,0 +1,1 @@
+"""Bytes → ParsedMail: MIME, template fields, quotes, classification."""

@@ -1,0 +1,92 @@
+"""Infrastructure settings: MAILBRIDGE_* from the environment or a `.env` file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_hostport(value: str, *, default_port: int) -> tuple[str, int]:
+    """Split `host:port` (IPv6 in brackets) into its parts."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, ""
+    return host or "127.0.0.1", int(port) if port else default_port
+
+
+class Settings(BaseSettings):
+    """Every setting has a safe default: the embedded setup needs none of them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILBRIDGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default a SQLite file under the data dir"
+    )
+    rules: Path = Field(default=Path("rules.yaml"), description="business rules file")
+    data_dir: Path = Field(default=Path("var"), description="spool, evidence, outbound Maildir")
+    smtp_listen: str = Field(default="127.0.0.1:2525", description="SMTP listener host:port")
+    relay: str | None = Field(default=None, description="outbound relay host:port; unset = Maildir")
+    relay_user: str | None = None
+    relay_password: SecretStr | None = None
+    relay_starttls: bool = False
+    relay_timeout: float = 30.0
+    http_listen: str = Field(default="127.0.0.1:8025", description="health and metrics")
+
+    max_message_size: int = Field(default=32 * 1024 * 1024, description="bytes; larger gets 552")
+    max_recipients: int = Field(default=20, description="RCPT TO per message; more gets 452")
+    smtp_timeout: float = Field(default=300.0, description="idle seconds before the SMTP hangup")
+    hostname: str | None = Field(default=None, description="name in the SMTP greeting")
+
+    outbox_retry_base: float = Field(default=30.0, description="first retry delay, seconds")
+    outbox_retry_max: float = Field(default=3600.0, description="longest retry delay, seconds")
+    outbox_max_attempts: int = Field(default=200, description="then the row is marked failed")
+    worker_poll_interval: float = Field(default=2.0, description="seconds between queue scans")
+    drain_timeout: float = Field(default=30.0, description="seconds SIGTERM waits for work")
+    ack_deadline: float = Field(default=900.0, description="acknowledgement promise, seconds")
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json or text")
+
+    @field_validator("relay", mode="before")
+    @classmethod
+    def _empty_relay_is_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mailbridge.db').resolve()}"
+
+    @property
+    def smtp_address(self) -> tuple[str, int]:
+        return parse_hostport(self.smtp_listen, default_port=2525)
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        return parse_hostport(self.http_listen, default_port=8025)
+
+    @property
+    def relay_address(self) -> tuple[str, int] | None:
+        return parse_hostport(self.relay, default_port=25) if self.relay else None
+
+    @property
+    def outbound_maildir(self) -> Path:
+        return self.data_dir / "outbound"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+
+def load_settings() -> Settings:
+    return Settings()

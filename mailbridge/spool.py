@@ -1,0 +1,137 @@
+"""The durable store between intake and processing: store, claim, finish, quarantine.
+
+Every channel (SMTP, IMAP, pipe) calls `store_inbound()`; its commit is the
+moment a message is safe, and only then does the channel acknowledge it.
+The pipeline later claims rows in state `new` and finishes each one in the
+same transaction that writes the ticket, so a crash can neither lose a mail
+nor process it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, select
+from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
+
+from mailbridge.db import Base, Database, UTCDateTime, utcnow
+
+log = logging.getLogger(__name__)
+
+STATE_NEW = "new"
+STATE_DONE = "done"
+STATE_QUARANTINED = "quarantined"
+
+
+class InboundMail(Base):
+    """A raw message as it arrived, with its envelope; kept as the archive."""
+
+    __tablename__ = "inbound"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    channel: Mapped[str] = mapped_column(String(16))  # smtp | imap | pipe
+    source: Mapped[str | None] = mapped_column(String(255))  # peer, account/uid, file
+    mail_from: Mapped[str] = mapped_column(String(998), default="")
+    rcpt_tos: Mapped[list[Any]] = mapped_column(default=list)
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    state: Mapped[str] = mapped_column(String(16), default=STATE_NEW)
+    outcome: Mapped[str | None] = mapped_column(String(64))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    stage: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+Index("ix_inbound_state_id", InboundMail.state, InboundMail.id)
+
+
+class StorageError(Exception):
+    """The message could not be made durable; the sender must retry later."""
+
+
+def new_inbound(
+    raw: bytes,
+    *,
+    channel: str,
+    mail_from: str = "",
+    rcpt_tos: Sequence[str] = (),
+    source: str | None = None,
+) -> InboundMail:
+    return InboundMail(
+        channel=channel,
+        source=source,
+        mail_from=mail_from,
+        rcpt_tos=[r.lower() for r in rcpt_tos],
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        raw=raw,
+        state=STATE_NEW,
+    )
+
+
+def store_inbound(db: Database, mails: Sequence[InboundMail]) -> list[int]:
+    """Commit the mails in one transaction and return their ids.
+
+    Raises StorageError if anything fails: then nothing of the batch is stored.
+    """
+    try:
+        with db.transaction() as session:
+            session.add_all(mails)
+            session.flush()
+            ids = [m.id for m in mails]
+    except Exception as exc:
+        log.error("spool store failed", extra={"error": repr(exc), "count": len(mails)})
+        raise StorageError(str(exc)) from exc
+    return ids
+
+
+def next_pending_ids(session: Session, limit: int = 50) -> list[int]:
+    stmt = (
+        select(InboundMail.id)
+        .where(InboundMail.state == STATE_NEW)
+        .order_by(InboundMail.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def claim(session: Session, inbound_id: int) -> InboundMail | None:
+    """Lock one new row for this transaction (SKIP LOCKED where the backend has it)."""
+    stmt = select(InboundMail).where(
+        InboundMail.id == inbound_id, InboundMail.state == STATE_NEW
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalars(stmt).first()
+
+
+def quarantine(db: Database, inbound_id: int, *, stage: str, error: str) -> None:
+    """Keep a mail whose processing raised, with the stage and traceback."""
+    with db.transaction() as session:
+        mail = session.get(InboundMail, inbound_id)
+        if mail is None:
+            return
+        mail.state = STATE_QUARANTINED
+        mail.stage = stage
+        mail.error = error
+        mail.attempts += 1
+        mail.processed_at = utcnow()
+
+
+def release_for_replay(db: Database, inbound_id: int) -> bool:
+    """Put a quarantined mail back in the queue."""
+    with db.transaction() as session:
+        mail = session.get(InboundMail, inbound_id)
+        if mail is None or mail.state != STATE_QUARANTINED:
+            return False
+        mail.state = STATE_NEW
+        return True

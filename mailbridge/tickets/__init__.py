@@ -1,0 +1,1 @@
+"""Cases (tickets), their messages, evidence and events."""
