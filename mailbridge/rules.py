@@ -280,5 +280,6 @@ def load_rules(path: Path) -> Rules:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RulesError([ConfigProblem(str(path), None, "(file)", exc.strerror or str(exc))]) from exc
+        problem = ConfigProblem(str(path), None, "(file)", exc.strerror or str(exc))
+        raise RulesError([problem]) from exc
     return parse_rules(text, source=str(path))

@@ -1,0 +1,227 @@
+"""The command line; thin: each command calls into the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from mailbridge.settings import Settings
+
+log = logging.getLogger("mailbridge.cli")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _db(settings: Settings):  # type: ignore[no-untyped-def]
+    from mailbridge.db import Database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.resolved_database_url)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mailbridge.rules import RulesError
+    from mailbridge.service import SchemaOutdated, run
+
+    settings = _settings()
+    try:
+        return run(settings)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    except SchemaOutdated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 78
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from mailbridge.schema import upgrade
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url, args.revision)
+    print(f"database at {args.revision}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from mailbridge.intake.pipe import EX_NOINPUT, EX_OK, ingest_bytes, read_input
+    from mailbridge.rules import RulesError, load_rules
+
+    settings = _settings()
+    try:
+        raw = read_input(args.file)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    db = _db(settings)
+    code, inbound_id, reason = ingest_bytes(
+        db,
+        raw,
+        source=f"pipe:{args.file}",
+        mail_from=args.sender or "",
+        rcpt_tos=args.recipient or [],
+        max_size=settings.max_message_size,
+    )
+    if code != EX_OK or inbound_id is None:
+        print(f"error: {reason}", file=sys.stderr)
+        return code
+    result: dict[str, Any] = {"stored": inbound_id}
+    if not args.store_only:
+        # Process right away; a failure here is the pipeline's business (the
+        # mail is stored and will be retried or quarantined), not the MTA's.
+        from mailbridge.pipeline import Pipeline
+
+        try:
+            rules = load_rules(settings.rules)
+            processed = Pipeline(db, settings, lambda: rules).process(inbound_id)
+        except RulesError as exc:
+            print(f"warning: stored, not processed: {exc}", file=sys.stderr)
+            processed = None
+        except Exception as exc:  # the daemon will pick it up again
+            print(f"warning: stored, not processed yet: {exc!r}", file=sys.stderr)
+            processed = None
+        if processed is not None:
+            result.update(outcome=processed.outcome, case=processed.ticket_number)
+    if args.json:
+        _print_json(result)
+    return EX_OK
+
+
+def cmd_tickets_list(args: argparse.Namespace) -> int:
+    from mailbridge.tickets.service import list_tickets, ticket_summary
+
+    db = _db(_settings())
+    with db.reader() as session:
+        found = list_tickets(session, status=args.status, tenant_id=args.tenant, limit=args.limit)
+        tickets = [ticket_summary(t) for t in found]
+    if args.json:
+        _print_json(tickets)
+    else:
+        for t in tickets:
+            print(
+                f"{t['number']:>7}  {t['priority']}  {t['status']:<11} {t['tenant_id'] or '-':<10} "
+                f"{t['sender']:<30} {t['subject'][:60]}"
+            )
+    return 0
+
+
+def cmd_tickets_show(args: argparse.Namespace) -> int:
+    from mailbridge.tickets.service import get_ticket, ticket_json
+
+    db = _db(_settings())
+    with db.reader() as session:
+        ticket = get_ticket(session, args.number)
+        if ticket is None:
+            print(f"error: no case {args.number}", file=sys.stderr)
+            return 1
+        data = ticket_json(session, ticket)
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"Caso {data['number']} [{data['priority']}] {data['status']}: {data['subject']}")
+        print(f"  cliente: {data['tenant_id']}  remitente: {data['sender']}")
+        for m in data["messages"]:
+            print(f"  - {m['created_at']} {m['author_role']} {m['sender']}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from mailbridge.rules import RulesError, load_rules
+
+    try:
+        settings = _settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = "MAILBRIDGE_" + "_".join(str(p) for p in err["loc"]).upper()
+            print(f"environment: {key}: {err['msg']}", file=sys.stderr)
+        return 78
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(str(problem), file=sys.stderr)
+        return 78
+    print(
+        f"{settings.rules}: ok ({len(rules.addresses)} support addresses, "
+        f"{len(rules.tenants)} tenants)"
+    )
+    print(f"database: {_redacted_url(settings.resolved_database_url)}")
+    print(f"smtp: {settings.smtp_listen}  http: {settings.http_listen}")
+    relay = settings.relay or f"none (outbound mail to {settings.outbound_maildir})"
+    print(f"relay: {relay}")
+    return 0
+
+
+def _redacted_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailbridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon (SMTP, pipeline, sender, HTTP)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("db", help="database schema")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("ingest", help="store one message from FILE or - (stdin)")
+    p.add_argument("file")
+    p.add_argument("--sender", "-f", help="envelope sender")
+    p.add_argument("--recipient", "-r", action="append", help="envelope recipient (repeatable)")
+    p.add_argument("--store-only", action="store_true", help="store; let the daemon process it")
+    p.add_argument("--json", action="store_true", help="print what happened as JSON")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("tickets", help="cases")
+    tsub = p.add_subparsers(dest="tickets_command", required=True)
+    ls = tsub.add_parser("list", help="list cases, newest first")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--status")
+    ls.add_argument("--tenant")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.set_defaults(func=cmd_tickets_list)
+    show = tsub.add_parser("show", help="one case")
+    show.add_argument("number", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_tickets_show)
+
+    p = sub.add_parser("check-config", help="validate settings and rules.yaml")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mailbridge.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        setup_logging(settings.log_level, settings.log_format)
+    except Exception:
+        setup_logging()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

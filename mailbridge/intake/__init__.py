@@ -1,0 +1,1 @@
+"""Where bytes arrive: SMTP/LMTP listener, IMAP poller, the ingest pipe."""

@@ -1,0 +1,1 @@
+"""Mail we send: outbox rows, Jinja2 rendering, the sender loop."""

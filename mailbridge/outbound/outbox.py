@@ -1,0 +1,74 @@
+"""Outbox rows: written in the same transaction as the ticket, sent later."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
+
+from mailbridge.db import Base, UTCDateTime, utcnow
+from mailbridge.outbound.render import Draft, render
+
+STATE_PENDING = "pending"
+STATE_SENT = "sent"
+STATE_FAILED = "failed"
+
+
+class OutboxMail(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))  # ack, missing_fields, reply …
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))
+    # When the mail that caused this one was acknowledged (250): for latency.
+    trigger_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mail_from: Mapped[str] = mapped_column(String(998))
+    rcpt_tos: Mapped[list[Any]] = mapped_column()
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    state: Mapped[str] = mapped_column(String(12), default=STATE_PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+Index("ix_outbox_state_next", OutboxMail.state, OutboxMail.next_attempt_at)
+
+
+def enqueue(
+    session: Session,
+    draft: Draft,
+    *,
+    kind: str,
+    ticket_id: int | None,
+    inbound_id: int | None = None,
+    trigger_received_at: datetime | None = None,
+    envelope_from: str | None = None,
+    templates_dir: str | None = None,
+) -> OutboxMail:
+    """Render the draft now and add its row to the caller's transaction."""
+    message_id, raw = render(draft, templates_dir)
+    row = OutboxMail(
+        kind=kind,
+        ticket_id=ticket_id,
+        inbound_id=inbound_id,
+        trigger_received_at=trigger_received_at,
+        # Auto-replies go out with a null envelope sender? No: a real address lets
+        # bounces come back and be recorded on the case; X-Loop and
+        # Auto-Submitted keep other robots from answering.
+        mail_from=envelope_from or draft.from_address,
+        rcpt_tos=sorted({*draft.to, *draft.cc}),
+        message_id=message_id,
+        subject=draft.subject,
+        raw=raw,
+        state=STATE_PENDING,
+        next_attempt_at=utcnow(),
+    )
+    session.add(row)
+    return row

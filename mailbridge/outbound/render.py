@@ -1,0 +1,98 @@
+"""Jinja2 templates → a complete, safe outbound message (headers we control)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from mailbridge.db import utcnow
+from mailbridge.parse.mime import clean_header_text
+
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+@lru_cache(maxsize=4)
+def template_env(directory: str | None = None) -> Environment:
+    # HTML templates are autoescaped; text templates render customer text as is
+    # (a text/plain body cannot execute anything), headers are built separately.
+    return Environment(
+        loader=FileSystemLoader(directory or str(DEFAULT_TEMPLATES)),
+        autoescape=select_autoescape(["html", "html.j2"]),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def new_message_id(domain: str, hint: str = "") -> str:
+    token = secrets.token_hex(8)
+    prefix = f"{hint}." if hint else ""
+    return f"<{prefix}{token}@{domain}>"
+
+
+def _address(text: str, name: str = "") -> Address:
+    local, _, domain = text.partition("@")
+    return Address(display_name=clean_header_text(name), username=local, domain=domain)
+
+
+@dataclass
+class Draft:
+    """Everything needed to build one outbound mail."""
+
+    template: str
+    context: dict[str, Any]
+    to: list[str]
+    subject: str
+    from_address: str
+    from_name: str
+    cc: list[str] = field(default_factory=list)
+    reply_to: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    message_id: str | None = None
+    auto_submitted: str = "auto-replied"
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+def render(draft: Draft, templates_dir: str | None = None) -> tuple[str, bytes]:
+    """Render the draft; returns (Message-ID, RFC 5322 bytes with CRLF)."""
+    env = template_env(templates_dir)
+    body = env.get_template(draft.template).render(**draft.context)
+    msg = EmailMessage()
+    msg["From"] = _address(draft.from_address, draft.from_name)
+    msg["To"] = [_address(a) for a in draft.to]
+    if draft.cc:
+        msg["Cc"] = [_address(a) for a in draft.cc]
+    msg["Subject"] = clean_header_text(draft.subject)
+    msg["Date"] = format_datetime(utcnow())
+    domain = draft.from_address.rsplit("@", 1)[-1]
+    message_id = draft.message_id or new_message_id(domain)
+    msg["Message-ID"] = message_id
+    if draft.in_reply_to:
+        msg["In-Reply-To"] = draft.in_reply_to
+    refs = [r for r in draft.references if r]
+    if draft.in_reply_to and draft.in_reply_to not in refs:
+        refs.append(draft.in_reply_to)
+    if refs:
+        # Keep the first and the last ones when the chain grows long (RFC 5322 3.6.4).
+        msg["References"] = " ".join(refs[:1] + refs[-9:] if len(refs) > 10 else refs)
+    if draft.reply_to:
+        msg["Reply-To"] = _address(draft.reply_to, draft.from_name)
+    msg["Auto-Submitted"] = draft.auto_submitted
+    # Ask Exchange/Outlook not to answer with out-of-office and receipts.
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["X-Loop"] = draft.from_address
+    for name, value in draft.extra_headers.items():
+        msg[name] = clean_header_text(value)
+    msg.set_content(body, charset="utf-8", cte="quoted-printable")
+    return message_id, msg.as_bytes(policy=SMTP)

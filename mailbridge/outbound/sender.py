@@ -1,0 +1,293 @@
+"""The sender: drains the outbox through the relay (or a local Maildir), with backoff."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import smtplib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailbridge import metrics
+from mailbridge.db import Database, utcnow
+from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, STATE_SENT, OutboxMail
+from mailbridge.settings import Settings
+from mailbridge.tickets.models import Ticket, TicketEvent
+
+log = logging.getLogger(__name__)
+
+
+class PermanentFailure(Exception):
+    """The relay refused the mail for good (5xx): retrying will not help."""
+
+
+class TransientFailure(Exception):
+    """The relay is unreachable or said 4xx: try again later."""
+
+
+class MaildirTransport:
+    """The embedded default: each mail becomes a file in <data>/outbound/new."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("tmp", "new", "cur"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def open(self) -> None:  # nothing to connect
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> None:
+        name = f"{time.time():.6f}.{os.getpid()}_{threading.get_ident()}.{socket.gethostname()}"
+        tmp = self.root / "tmp" / name
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(f"Return-Path: <{mail_from}>\r\n".encode())
+                handle.write(f"X-Envelope-To: {', '.join(rcpt_tos)}\r\n".encode())
+                handle.write(raw)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, self.root / "new" / name)
+            dir_fd = os.open(self.root / "new", os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TransientFailure(f"maildir: {exc}") from exc
+
+
+class RelayTransport:
+    """SMTP to the configured relay; one connection reused across a batch."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.relay_address is not None
+        self.host, self.port = settings.relay_address
+        self.settings = settings
+        self.client: smtplib.SMTP | None = None
+
+    def open(self) -> None:
+        if self.client is not None:
+            return
+        try:
+            client = smtplib.SMTP(self.host, self.port, timeout=self.settings.relay_timeout)
+            client.ehlo()
+            if self.settings.relay_starttls:
+                client.starttls()
+                client.ehlo()
+            if self.settings.relay_user and self.settings.relay_password:
+                client.login(
+                    self.settings.relay_user, self.settings.relay_password.get_secret_value()
+                )
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientFailure(f"relay {self.host}:{self.port}: {exc}") from exc
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self.client = None
+
+    def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> None:
+        self.open()
+        assert self.client is not None
+        try:
+            refused = self.client.sendmail(mail_from, rcpt_tos, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._raise_for(exc.recipients)
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            if 500 <= exc.smtp_code < 600:
+                raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+            raise TransientFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            raise TransientFailure(str(exc)) from exc
+        if refused:
+            log.warning("relay refused some recipients", extra={"refused": str(refused)})
+
+    @staticmethod
+    def _raise_for(recipients: dict[str, tuple[int, bytes]]) -> None:
+        codes = [code for code, _msg in recipients.values()]
+        text = "; ".join(f"{r}: {c} {m!r}" for r, (c, m) in recipients.items())
+        if all(500 <= c < 600 for c in codes):
+            raise PermanentFailure(text)
+        raise TransientFailure(text)
+
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+
+class OutboxSender:
+    """Runs in its own thread; woken when the pipeline queues mail."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.transport: MaildirTransport | RelayTransport
+        if settings.relay:
+            self.transport = RelayTransport(settings)
+        else:
+            self.transport = MaildirTransport(settings.outbound_maildir)
+        self.wakeup = threading.Event()
+        self._stop = threading.Event()
+        # After a transient relay failure nothing is tried before this instant
+        # (monotonic), so a dead relay is not hammered once per queued row.
+        self.paused_until = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.send_due()
+            except Exception:
+                log.exception("outbox pass failed")
+                result = SendResult(deferred=1)
+            if result.sent and not result.deferred:
+                continue  # more may be waiting: go again without sleeping
+            self.wakeup.wait(self._idle_wait())
+            self.wakeup.clear()
+
+    def _idle_wait(self) -> float:
+        """Sleep until the next row is due, bounded by the poll interval."""
+        with self.db.reader() as session:
+            due = session.scalar(
+                select(func.min(OutboxMail.next_attempt_at)).where(
+                    OutboxMail.state == STATE_PENDING
+                )
+            )
+        pause = self.paused_until - time.monotonic()
+        if due is None:
+            return self.settings.worker_poll_interval
+        seconds = max((due - utcnow()).total_seconds(), pause)
+        return max(0.05, min(seconds, self.settings.worker_poll_interval))
+
+    def send_due(self, limit: int = 100) -> SendResult:
+        """Send what is due now; returns the counts. Safe to call from tests."""
+        result = SendResult()
+        if time.monotonic() < self.paused_until:
+            return result
+        with self.db.reader() as session:
+            rows = session.execute(
+                select(OutboxMail.id)
+                .where(OutboxMail.state == STATE_PENDING, OutboxMail.next_attempt_at <= utcnow())
+                .order_by(OutboxMail.id)
+                .limit(limit)
+            ).scalars().all()
+        try:
+            for outbox_id in rows:
+                if self._stop.is_set() and result.sent:
+                    break
+                outcome = self._send_one(outbox_id)
+                setattr(result, outcome, getattr(result, outcome) + 1)
+                if outcome == "deferred":
+                    break  # the relay is down: do not hammer it row by row
+        finally:
+            self.transport.close()
+        metrics.refresh_outbox(self.db)
+        return result
+
+    def _send_one(self, outbox_id: int) -> str:
+        with self.db.reader() as session:
+            row = session.get(OutboxMail, outbox_id)
+            if row is None or row.state != STATE_PENDING:
+                return "sent"
+            raw = row.raw
+            mail_from, rcpt_tos, message_id = row.mail_from, list(row.rcpt_tos), row.message_id
+        try:
+            self.transport.send(mail_from, rcpt_tos, raw, message_id)
+        except PermanentFailure as exc:
+            self._mark(outbox_id, failed=str(exc))
+            log.error("outbound refused", extra={"message_id": message_id, "error": str(exc)})
+            return "failed"
+        except TransientFailure as exc:
+            delay = self._defer(outbox_id, str(exc))
+            self.paused_until = time.monotonic() + delay
+            return "deferred"
+        self._mark(outbox_id)
+        return "sent"
+
+    def _mark(self, outbox_id: int, failed: str | None = None) -> None:
+        now = utcnow()
+        with self.db.transaction() as session:
+            row = session.get(OutboxMail, outbox_id)
+            if row is None:
+                return
+            row.attempts += 1
+            if failed is not None:
+                row.state, row.last_error = STATE_FAILED, failed
+                if row.ticket_id:
+                    _event(session, row.ticket_id, "outbound_failed", row, error=failed)
+                metrics.OUTBOUND.labels(kind=row.kind, outcome="failed").inc()
+                return
+            row.state, row.sent_at, row.last_error = STATE_SENT, now, None
+            metrics.OUTBOUND.labels(kind=row.kind, outcome="sent").inc()
+            if row.trigger_received_at is not None:
+                latency = (now - row.trigger_received_at).total_seconds()
+                metrics.ACK_LATENCY.labels(kind=row.kind).observe(latency)
+            if row.ticket_id and row.kind == "ack":
+                ticket = session.get(Ticket, row.ticket_id)
+                if ticket is not None and ticket.acked_at is None:
+                    ticket.acked_at = now
+            log.info(
+                "outbound sent",
+                extra={"message_id": row.message_id, "kind": row.kind, "ticket_id": row.ticket_id},
+            )
+
+    def _defer(self, outbox_id: int, error: str) -> float:
+        """Schedule the row's next attempt; returns the delay in seconds."""
+        with self.db.transaction() as session:
+            row = session.get(OutboxMail, outbox_id)
+            if row is None:
+                return 0.0
+            row.attempts += 1
+            row.last_error = error
+            if row.attempts >= self.settings.outbox_max_attempts:
+                row.state = STATE_FAILED
+                log.error("outbound gave up", extra={"message_id": row.message_id, "error": error})
+                return 0.0
+            delay = min(
+                self.settings.outbox_retry_max,
+                self.settings.outbox_retry_base * (2 ** min(row.attempts - 1, 20)),
+            )
+            delay *= random.uniform(0.8, 1.2)
+            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            log.warning(
+                "outbound deferred",
+                extra={"message_id": row.message_id, "error": error, "retry_in": round(delay, 1)},
+            )
+            return delay
+
+
+def _event(session: Session, ticket_id: int, kind: str, row: OutboxMail, **data: str) -> None:
+    session.add(
+        TicketEvent(ticket_id=ticket_id, kind=kind, data={"message_id": row.message_id, **data})
+    )

@@ -1,0 +1,172 @@
+"""Stored mail → case: runs the stages in one transaction per mail."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import OperationalError
+
+from mailbridge import metrics
+from mailbridge.db import Database, utcnow
+from mailbridge.parse.mime import parse_mail
+from mailbridge.pipeline.context import MailContext, Outcome
+from mailbridge.pipeline.stages import STAGES, Stage
+from mailbridge.rules import Rules
+from mailbridge.settings import Settings
+from mailbridge.spool import STATE_DONE, claim, next_pending_ids, quarantine
+
+log = logging.getLogger(__name__)
+
+
+class StageError(Exception):
+    """A stage raised; carries the stage's name for the quarantine record."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage}: {error!r}")
+        self.stage = stage
+        self.error = error
+
+
+@dataclass
+class ProcessResult:
+    inbound_id: int
+    outcome: str
+    ticket_number: int | None = None
+
+
+class Pipeline:
+    """Processes stored mail; `rules` is read per mail so SIGHUP reloads apply."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        rules: Callable[[], Rules],
+        stages: list[Stage] | None = None,
+        on_outbox: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.rules = rules
+        self.stages = stages if stages is not None else STAGES
+        self.on_outbox = on_outbox or (lambda: None)
+
+    def process(self, inbound_id: int) -> ProcessResult | None:
+        """Process one stored mail; None when another worker has it or it is done.
+
+        Transient database errors propagate (the row stays `new` and is
+        retried); any other error quarantines the mail with its stage.
+        """
+        try:
+            with self.db.transaction() as session:
+                inbound = claim(session, inbound_id)
+                if inbound is None:
+                    return None
+                stage_name = "parse"
+                try:
+                    mail = parse_mail(inbound.raw)
+                    inbound.message_id = mail.message_id
+                    ctx = MailContext(
+                        session=session,
+                        inbound=inbound,
+                        mail=mail,
+                        rules=self.rules(),
+                        settings=self.settings,
+                        now=utcnow(),
+                    )
+                    outcome = Outcome("done")
+                    for stage in self.stages:
+                        stage_name = stage.name
+                        decided = stage.run(ctx)
+                        if decided is not None:
+                            outcome = decided
+                            break
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    raise StageError(stage_name, exc) from exc
+                inbound.state = STATE_DONE
+                inbound.outcome = outcome.name[:64]
+                inbound.processed_at = utcnow()
+                if ctx.ticket is not None:
+                    inbound.ticket_id = ctx.ticket.id
+                number = ctx.ticket.number if ctx.ticket is not None else None
+        except StageError as exc:
+            detail = "".join(traceback.format_exception(exc.error))
+            quarantine(self.db, inbound_id, stage=exc.stage, error=detail)
+            log.error(
+                "mail quarantined",
+                extra={"inbound_id": inbound_id, "stage": exc.stage, "error": repr(exc.error)},
+            )
+            metrics.PROCESSED.labels(outcome="quarantined").inc()
+            return ProcessResult(inbound_id, "quarantined")
+        metrics.PROCESSED.labels(outcome=outcome.name.split(":", 1)[0]).inc()
+        log.info(
+            "mail processed",
+            extra={
+                "inbound_id": inbound_id,
+                "outcome": outcome.name,
+                "case": number,
+                "message_id": mail.message_id,
+                "detail": outcome.detail,
+            },
+        )
+        self.on_outbox()
+        return ProcessResult(inbound_id, outcome.name, number)
+
+    def process_pending(self, limit: int = 100) -> list[ProcessResult]:
+        with self.db.reader() as session:
+            ids = next_pending_ids(session, limit)
+        results = []
+        for inbound_id in ids:
+            result = self.process(inbound_id)
+            if result is not None:
+                results.append(result)
+        return results
+
+
+class PipelineWorker:
+    """A thread that processes stored mail as soon as intake signals it."""
+
+    def __init__(self, pipeline: Pipeline, poll_interval: float) -> None:
+        self.pipeline = pipeline
+        self.poll_interval = poll_interval
+        self.wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the mail in hand and the queue already stored, then return."""
+        self._stop.set()
+        self.wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                results = self.pipeline.process_pending()
+                backoff = 0.0
+            except OperationalError as exc:
+                backoff = min(30.0, max(0.5, backoff * 2))
+                log.warning("database busy or gone; retrying", extra={"error": str(exc)[:300]})
+                results = []
+            except Exception:
+                log.exception("pipeline pass failed")
+                backoff = min(30.0, max(0.5, backoff * 2))
+                results = []
+            if self._stop.is_set() and not results:
+                return
+            if results and not backoff:
+                continue
+            self.wakeup.wait(backoff or self.poll_interval)
+            self.wakeup.clear()

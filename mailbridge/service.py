@@ -1,0 +1,147 @@
+"""`mailbridge run`: starts the enabled parts, handles signals, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from mailbridge.db import Database
+from mailbridge.intake.smtp import IntakeHandler, SpoolWriter, smtp_factory
+from mailbridge.outbound.sender import OutboxSender
+from mailbridge.pipeline import Pipeline, PipelineWorker
+from mailbridge.rules import Rules, RulesError, load_rules
+from mailbridge.schema import pending_revision
+from mailbridge.settings import Settings
+from mailbridge.web import HttpServer
+
+log = logging.getLogger(__name__)
+
+
+class SchemaOutdated(Exception):
+    pass
+
+
+class RulesHolder:
+    """The rules in force; replaced whole on SIGHUP when the new file is valid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current: Rules = load_rules(path)
+
+    def __call__(self) -> Rules:
+        return self.current
+
+    def reload(self) -> bool:
+        try:
+            self.current = load_rules(self.path)
+        except RulesError as exc:
+            for problem in exc.problems:
+                log.error("rules reload refused; old rules stay", extra={"problem": str(problem)})
+            return False
+        log.info("rules reloaded", extra={"path": str(self.path)})
+        return True
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.rules = RulesHolder(settings.rules)
+        self.db = Database(settings.resolved_database_url)
+        behind = pending_revision(self.db.engine)
+        if behind is not None:
+            raise SchemaOutdated(
+                f"the database schema is not at {behind}: run `mailbridge db upgrade` first"
+            )
+        self.sender = OutboxSender(self.db, settings)
+        self.pipeline = Pipeline(
+            self.db, settings, self.rules, on_outbox=self.sender.wakeup.set
+        )
+        self.worker = PipelineWorker(self.pipeline, settings.worker_poll_interval)
+        self.stopping = asyncio.Event()
+        self.smtp_server: asyncio.Server | None = None
+        self.http: HttpServer | None = None
+
+    def readiness(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            with self.db.reader() as session:
+                session.execute(text("SELECT 1"))
+            checks["database"] = {"ok": True}
+        except Exception as exc:
+            checks["database"] = {"ok": False, "error": str(exc)[:200]}
+        checks["smtp"] = {"ok": self.smtp_server is not None and not self.stopping.is_set()}
+        return checks
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        writer = SpoolWriter(self.db, on_stored=self.worker.wakeup.set)
+        writer.start()
+        handler = IntakeHandler(self.rules, self.settings, writer.store)
+        factory = smtp_factory(handler, self.settings)
+        host, port = self.settings.smtp_address
+        self.smtp_server = await loop.create_server(factory, host=host, port=port)
+        smtp_port = self.smtp_server.sockets[0].getsockname()[1]
+        http_host, http_port = self.settings.http_address
+        self.http = HttpServer(http_host, http_port, self.readiness)
+        self.http.start()
+        self.worker.start()
+        self.sender.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.rules.reload)
+        self._write_listen_file(host, smtp_port, http_host, self.http.port)
+        log.info(
+            "mailbridge started",
+            extra={
+                "smtp": f"{host}:{smtp_port}",
+                "http": f"{http_host}:{self.http.port}",
+                "relay": self.settings.relay or f"maildir:{self.settings.outbound_maildir}",
+                "database": self.db.engine.url.render_as_string(hide_password=True),
+            },
+        )
+        await self.stopping.wait()
+        await self._drain(handler, factory, writer)
+
+    async def _drain(self, handler: IntakeHandler, factory: Any, writer: SpoolWriter) -> None:
+        log.info("stopping: no new connections; finishing work in hand")
+        assert self.smtp_server is not None
+        self.smtp_server.close()
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout
+        while handler.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        # Sessions not in DATA have nothing acknowledged: their clients retry.
+        for proto in list(factory.live):
+            proto.close_transport()
+        await writer.stop()
+        await asyncio.to_thread(self.worker.stop, self.settings.drain_timeout)
+        self.sender.wakeup.set()
+        await asyncio.to_thread(self.sender.stop, self.settings.drain_timeout)
+        if self.http is not None:
+            self.http.stop()
+        self.db.dispose()
+        (self.settings.run_dir / "listen.json").unlink(missing_ok=True)
+        log.info("mailbridge stopped")
+
+    def _write_listen_file(self, host: str, smtp_port: int, http_host: str, http_port: int) -> None:
+        """Where we actually listen (ports may be 0 = chosen by the OS)."""
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.settings.run_dir / "listen.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({
+            "pid": os.getpid(), "smtp": [host, smtp_port], "http": [http_host, http_port],
+        }))
+        tmp.replace(path)
+
+
+def run(settings: Settings) -> int:
+    service = Service(settings)
+    asyncio.run(service.serve())
+    return 0

@@ -1,0 +1,101 @@
+"""Reading cases for people and tools: the ticket JSON contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from mailbridge.outbound.outbox import OutboxMail
+from mailbridge.tickets.models import Ticket
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def ticket_summary(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "number": ticket.number,
+        "tenant_id": ticket.tenant_id,
+        "priority": ticket.priority,
+        "status": ticket.status,
+        "subject": ticket.subject,
+        "sender": ticket.sender,
+        "created_at": _iso(ticket.created_at),
+        "updated_at": _iso(ticket.updated_at),
+    }
+
+
+def ticket_json(session: Session, ticket: Ticket) -> dict[str, Any]:
+    """The full case as the CLI and tools see it (keys are a contract)."""
+    outbound = session.scalars(
+        select(OutboxMail).where(OutboxMail.ticket_id == ticket.id).order_by(OutboxMail.id)
+    ).all()
+    return {
+        **ticket_summary(ticket),
+        "queue": ticket.queue,
+        "sender_name": ticket.sender_name,
+        "cc": list(ticket.cc or []),
+        "fields": dict(ticket.fields or {}),
+        "missing_fields": list(ticket.missing_fields or []),
+        "attachments": [a.filename for a in ticket.attachments],
+        "attachment_details": [
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size,
+             "sha256": a.sha256}
+            for a in ticket.attachments
+        ],
+        "ack_due_at": _iso(ticket.ack_due_at),
+        "acked_at": _iso(ticket.acked_at),
+        "messages": [
+            {
+                "direction": m.direction,
+                "author_role": m.author_role,
+                "sender": m.sender,
+                "subject": m.subject,
+                "message_id": m.message_id,
+                "created_at": _iso(m.created_at),
+                "body": m.body,
+            }
+            for m in ticket.messages
+        ],
+        "outbound": [
+            {
+                "kind": o.kind,
+                "to": list(o.rcpt_tos),
+                "subject": o.subject,
+                "message_id": o.message_id,
+                "state": o.state,
+                "attempts": o.attempts,
+                "sent_at": _iso(o.sent_at),
+            }
+            for o in outbound
+        ],
+        "events": [
+            {"kind": e.kind, "at": _iso(e.at), "data": dict(e.data or {})} for e in ticket.events
+        ],
+    }
+
+
+def get_ticket(session: Session, number: int) -> Ticket | None:
+    return session.scalar(
+        select(Ticket)
+        .where(Ticket.number == number)
+        .options(
+            selectinload(Ticket.messages),
+            selectinload(Ticket.attachments),
+            selectinload(Ticket.events),
+        )
+    )
+
+
+def list_tickets(
+    session: Session, *, status: str | None = None, tenant_id: str | None = None, limit: int = 100
+) -> list[Ticket]:
+    stmt = select(Ticket).order_by(Ticket.number.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(Ticket.status == status)
+    if tenant_id:
+        stmt = stmt.where(Ticket.tenant_id == tenant_id.upper())
+    return list(session.scalars(stmt))
