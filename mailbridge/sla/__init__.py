@@ -1,0 +1,46 @@
+"""Service levels: business calendars, response clocks and escalation/closing rules."""
+
+from mailbridge.sla.calendars import BusinessCalendar, parse_hours_spec
+from mailbridge.sla.clocks import (
+    PREMIUM_SLA,
+    PROFESIONAL_SLA,
+    SEED_PLANS,
+    ClockStatus,
+    PlanSLA,
+    Severity,
+    at_risk_from,
+    clock_started_at,
+    clock_state,
+    response_due,
+)
+from mailbridge.sla.policy import (
+    CaseView,
+    ClosingRules,
+    EscalationDecision,
+    EscalationRules,
+    auto_close_at,
+    auto_close_due,
+    escalation_decision,
+)
+
+__all__ = [
+    "PREMIUM_SLA",
+    "PROFESIONAL_SLA",
+    "SEED_PLANS",
+    "BusinessCalendar",
+    "CaseView",
+    "ClockStatus",
+    "ClosingRules",
+    "EscalationDecision",
+    "EscalationRules",
+    "PlanSLA",
+    "Severity",
+    "at_risk_from",
+    "auto_close_at",
+    "auto_close_due",
+    "clock_started_at",
+    "clock_state",
+    "escalation_decision",
+    "parse_hours_spec",
+    "response_due",
+]
