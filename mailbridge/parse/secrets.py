@@ -1,0 +1,181 @@
+"""Passwords, keys and tokens in a mail body: found and replaced before anything is stored."""
+
+from __future__ import annotations
+
+import re
+
+from mailbridge.parse.fieldvalues import fold
+
+__all__ = ["REDACTED", "redact_secrets"]
+
+REDACTED = "[REDACTADO]"
+
+# Kinds as the sender reads them in the reply ("hemos ocultado: contraseña, token").
+PASSWORD = "contraseña"
+TOKEN = "token"
+API_KEY = "clave de API"
+PRIVATE_KEY = "clave privada"
+
+_MAX_TEXT = 1_000_000
+
+# Whole-match secrets: the entire match is replaced.
+_PRIVATE_KEY_RE = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|(?:\n[ \t]*[A-Za-z0-9+/=:\- ]*)*)",
+    re.DOTALL,
+)
+_WHOLE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}(?![A-Za-z0-9])"),
+        API_KEY,
+    ),
+    (re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"), TOKEN),
+    (re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}"), TOKEN),
+    (re.compile(r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_\-]{20,}"), TOKEN),
+    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}"), TOKEN),
+    (re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,}"), TOKEN),
+    (re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-])"), API_KEY),
+    (re.compile(r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}"), API_KEY),
+    (re.compile(r"(?<![A-Za-z0-9])sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{32,}"), API_KEY),
+    (re.compile(r"(?<![A-Za-z0-9])SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"), API_KEY),
+    # JSON Web Tokens: header.payload.signature, both first parts base64url JSON.
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"
+        ),
+        TOKEN,
+    ),
+]
+
+# Value-after-keyword secrets: only the value (group "value") is replaced.
+_BEARER_RE = re.compile(
+    r"(?i)\b(?:bearer|token)[ \t]+(?P<value>[A-Za-z0-9\-._~+/]{16,}=*)(?![A-Za-z0-9\-._~+/=])"
+)
+_URL_PASSWORD_RE = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,64}:(?P<value>[^\s@/]{1,128})@[\w.\-]+"
+)
+_KEYED_TOKEN_RE = re.compile(
+    r"(?i)\b(?:api[ _\-]?key|apikey|api[ _\-]?token|access[ _\-]?token|auth[ _\-]?token"
+    r"|refresh[ _\-]?token|client[ _\-]?secret|secret[ _\-]?key|secret|secreto|token"
+    r"|clave[ \t]+(?:de[ \t]+)?(?:la[ \t]+)?api|llave[ \t]+(?:de[ \t]+)?(?:la[ \t]+)?api"
+    r"|aws_secret_access_key|aws_access_key_id|private[ _\-]?key)"
+    r"[\"']?[ \t]*(?:[:=]|=>|\bes\b)[ \t]*[\"']?"
+    r"(?P<value>[A-Za-z0-9+/_\-.=~]{16,})"
+)
+# "contraseña: x", "password=x", "pwd: x", "clave: x", "mi contraseña es Abc123!".
+_PASSWORD_WORDS = (
+    r"contrasena|contraseña|contrasenia|password|passwd|passphrase|pass|pwd"
+    r"|clave(?:[ \t]+de[ \t]+acceso)?|clave[ \t]+secreta|clave[ \t]+temporal"
+    r"|clave[ \t]+del[ \t]+usuario|pin"
+)
+_PASSWORD_RE = re.compile(
+    rf"(?i)(?<![\w])(?P<word>{_PASSWORD_WORDS})(?![\w])"
+    r"(?P<sep>[\"']?[ \t]*(?:=|:|=>)[ \t]*"
+    r"|[ \t]+(?:es|era|sera|será|seria|sería|nueva)[ \t]*:?[ \t]*)"
+    r"(?P<value>[^\s]{1,128})(?P<tail>[^\n]*)"
+)
+# Words after "contraseña:" that describe rather than reveal it.
+_NOT_A_PASSWORD = {
+    "la", "el", "lo", "no", "si", "sí", "de", "del", "es", "un", "una", "mi", "su", "tu", "que",
+    "ninguna", "ninguno", "n/a", "na", "none", "null", "vacía", "vacia", "incorrecta",
+    "incorrecto", "invalida", "inválida", "expirada", "caducada", "bloqueada", "restablecida",
+    "reseteada", "olvidada", "correcta", "misma", "nueva", "anterior", "actual", "temporal",
+    "segura", "débil", "debil", "requerida", "obligatoria", "pendiente", "enviada", "cambiada",
+    "igual", "ver", "adjunta", "adjunto", "redactado", "[redactado]", "oculta", "privada",
+    "por", "para", "con", "sin", "en", "al", "a", "y", "o",
+}  # fmt: skip
+
+
+def _looks_like_password(value: str) -> bool:
+    """A token with a digit, a symbol or inner capitals: "Hola123", "s3cr3t!", "qWeRtY"."""
+    if len(value) < 4:
+        return False
+    has_digit = any(ch.isdigit() for ch in value)
+    has_symbol = any(not ch.isalnum() for ch in value)
+    inner_upper = any(ch.isupper() for ch in value[1:]) and any(ch.islower() for ch in value)
+    return has_digit or has_symbol or inner_upper
+
+
+def _password_spans(text: str) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for match in _PASSWORD_RE.finditer(text):
+        word = fold(match.group("word"))
+        sep = match.group("sep")
+        value = match.group("value").rstrip(".,;)]}\"'")
+        if not value or value.startswith(("*", "•", "x" * 4, "[")) or set(value) <= {"*", "•", "x"}:
+            continue
+        if fold(value) in _NOT_A_PASSWORD:
+            continue
+        if "palabra" in fold(text[max(0, match.start() - 9) : match.start()]):
+            continue  # "palabra clave: correo" is a keyword, not a password
+        alone_on_line = not match.group("tail").strip()
+        strong_separator = "=" in sep or ":" in sep
+        if word == "pin" and not value.isdigit():
+            continue
+        if word.startswith("clave") or word == "pass":
+            # "clave" and "pass" are also ordinary words: want a password-looking value.
+            if not (_looks_like_password(value) or (strong_separator and alone_on_line)):
+                continue
+        elif not strong_separator:
+            # "mi contraseña es Hola123" yes; "la contraseña es incorrecta" no.
+            if not _looks_like_password(value):
+                continue
+        elif not (alone_on_line or _looks_like_password(value)):
+            # "Contraseña: restablecida por el usuario" describes, does not reveal.
+            continue
+        start = match.start("value")
+        spans.append((start, start + len(value), PASSWORD))
+    return spans
+
+
+def _find_spans(text: str) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for match in _PRIVATE_KEY_RE.finditer(text):
+        spans.append((match.start(), match.end(), PRIVATE_KEY))
+    for pattern, kind in _WHOLE_PATTERNS:
+        for match in pattern.finditer(text):
+            spans.append((match.start(), match.end(), kind))
+    for match in _URL_PASSWORD_RE.finditer(text):
+        spans.append((match.start("value"), match.end("value"), PASSWORD))
+    for pattern in (_BEARER_RE, _KEYED_TOKEN_RE):
+        for match in pattern.finditer(text):
+            value = match.group("value")
+            # A long word is not a token: want digits or mixed case.
+            if any(ch.isdigit() for ch in value) or (
+                any(ch.isupper() for ch in value) and any(ch.islower() for ch in value)
+            ):
+                keyword = fold(match.group(0)[: match.start("value") - match.start()])
+                kind = API_KEY if ("api" in keyword or "key" in keyword) else TOKEN
+                spans.append((match.start("value"), match.end("value"), kind))
+    spans.extend(_password_spans(text))
+    return spans
+
+
+def redact_secrets(text: str) -> tuple[str, list[str]]:
+    """Replace passwords, tokens, API keys and private keys with [REDACTADO].
+
+    Returns the redacted text and the kinds found, in order of first appearance,
+    without repeats (e.g. ["contraseña", "token"]). Never raises.
+    """
+    if not isinstance(text, str) or not text:
+        return (text if isinstance(text, str) else ""), []
+    try:
+        head, tail = text[:_MAX_TEXT], text[_MAX_TEXT:]
+        spans = sorted(_find_spans(head), key=lambda span: (span[0], -span[1]))
+    except Exception:
+        return text, []
+    pieces: list[str] = []
+    kinds: list[str] = []
+    position = 0
+    for start, end, kind in spans:
+        if start < position:  # inside a span already replaced
+            if end > position:
+                position = end
+            continue
+        pieces.append(head[position:start])
+        pieces.append(REDACTED)
+        position = end
+        if kind not in kinds:
+            kinds.append(kind)
+    pieces.append(head[position:])
+    return "".join(pieces) + tail, kinds
