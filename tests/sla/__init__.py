@@ -1,0 +1,1 @@
+"""Tests for mailbridge.sla: calendars, response clocks, escalation and closing."""
