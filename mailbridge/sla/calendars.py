@@ -184,7 +184,7 @@ class BusinessCalendar:
         closed_dates: Iterable[date] = (),
     ) -> BusinessCalendar:
         """A 7x24 calendar: always open; holidays only matter for business-day counts."""
-        whole_day = [(time(0), time(0))]
+        whole_day = ((time(0), time(0)),)
         return cls(
             zone,
             dict.fromkeys(range(7), whole_day),

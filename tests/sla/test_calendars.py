@@ -24,13 +24,13 @@ PREMIUM_CO = BusinessCalendar.from_spec("7x24", BOGOTA, country="CO")
 PREMIUM_ES = BusinessCalendar.always_open(MADRID, country="ES")
 PREMIUM_CL = BusinessCalendar.always_open(SANTIAGO, country="CL")
 # A night desk 22:00–06:00 every day: its shifts straddle midnight and the DST jumps.
-NIGHTS_ES = BusinessCalendar(MADRID, dict.fromkeys(range(7), [(time(22), time(6))]))
-NIGHTS_CL = BusinessCalendar(SANTIAGO, dict.fromkeys(range(7), [(time(22), time(6))]))
+NIGHTS_ES = BusinessCalendar(MADRID, dict.fromkeys(range(7), ((time(22), time(6)),)))
+NIGHTS_CL = BusinessCalendar(SANTIAGO, dict.fromkeys(range(7), ((time(22), time(6)),)))
 # Split shift with a lunch break, and a Saturday morning.
 SPLIT_CO = BusinessCalendar(
     BOGOTA,
     {
-        **dict.fromkeys(range(5), [(time(8), time(12)), (time(14), time(18))]),
+        **dict.fromkeys(range(5), ((time(8), time(12)), (time(14), time(18)))),
         5: [(time(9), time(13))],
     },
     country="CO",
