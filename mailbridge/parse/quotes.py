@@ -86,6 +86,15 @@ _MOBILE_FOOTER_RE = re.compile(
     re.IGNORECASE,
 )
 
+_DISCLAIMER_RE = re.compile(
+    r"^\W*(?:aviso legal|aviso de confidencialidad|confidencialidad|confidential|disclaimer|"
+    r"(?:este|el presente|el contenido de este) (?:mensaje|correo|e-?mail)|"
+    r"this (?:e-?mail|message|communication)|le informamos|en cumplimiento|de conformidad con|"
+    r"protección de datos|información confidencial|antes de imprimir|"
+    r"please consider the environment)",
+    re.IGNORECASE,
+)
+
 
 @dataclass
 class _Region:
@@ -94,6 +103,11 @@ class _Region:
     start: int
     end: int
     forward: bool = False
+    body_start: int = -1  # first quoted line after an attribution line
+
+    def __post_init__(self) -> None:
+        if self.body_start < 0:
+            self.body_start = self.start
 
 
 def _normalise(text: str) -> str:
@@ -286,7 +300,7 @@ def _quoted_regions(lines: list[str], text: str, *, keep_forwarded: bool) -> lis
                 after += 1
             if after < len(lines) and _is_quoted(lines[after]):
                 end = _quote_block_end(lines, after)
-                regions.append(_Region(index, end))
+                regions.append(_Region(index, end, body_start=after))
                 index = end
                 continue
             # Outlook-style quote without '>' marks: the rest is history.
@@ -303,6 +317,13 @@ def _quoted_regions(lines: list[str], text: str, *, keep_forwarded: bool) -> lis
             break
         index += 1
     return regions
+
+
+def _is_disclaimer_segment(segment: list[str]) -> bool:
+    text_lines = [line for line in segment if line.strip()]
+    if text_lines and _SIGNATURE_DELIMITER_RE.match(text_lines[0]):
+        text_lines = text_lines[1:]
+    return bool(text_lines) and bool(_DISCLAIMER_RE.match(text_lines[0]))
 
 
 def _is_signature_segment(segment: list[str]) -> bool:
@@ -364,12 +385,23 @@ def _strip_quotes(text: str, *, keep_forwarded: bool) -> str:
         last = regions[-1]
         keep = last.forward or (last.end == len(lines) and _unmarked(lines, last))
         return text.rstrip() if keep else ""
-    later = spans[1:]
-    if any(not _is_signature_segment(lines[a:b]) for a, b in later):
-        # Answers written between the quotes: keep the quotes they answer, drop the tail.
-        return "\n".join(_strip_blank_edges(lines[spans[0][0] : spans[-1][1]])).rstrip()
-    pieces = ["\n".join(_strip_blank_edges(lines[a:b])) for a, b in spans]
+    # A legal notice the sender's server appends below the quote is not part of the reply.
+    tail = [(a, b) for a, b in spans[1:] if not _is_disclaimer_segment(lines[a:b])]
+    if any(not _is_signature_segment(lines[a:b]) for a, b in tail):
+        # Answers written between the quotes: keep the quotes they answer.
+        start = spans[0][0]
+        above = [region for region in regions if region.end <= start]
+        if above and above[-1].end == _skip_blank_back(lines, start, above[-1].end):
+            start = above[-1].body_start
+        return "\n".join(_strip_blank_edges(lines[start : tail[-1][1]])).rstrip()
+    pieces = ["\n".join(_strip_blank_edges(lines[a:b])) for a, b in [spans[0], *tail]]
     return "\n\n".join(pieces).rstrip()
+
+
+def _skip_blank_back(lines: list[str], index: int, floor: int) -> int:
+    while index > floor and not lines[index - 1].strip():
+        index -= 1
+    return index
 
 
 def _unmarked(lines: list[str], region: _Region) -> bool:
@@ -377,3 +409,27 @@ def _unmarked(lines: list[str], region: _Region) -> bool:
     return any(
         line.strip() and not _is_quoted(line) for line in lines[region.start + 1 : region.end]
     )
+
+
+def signature_free(text: str) -> str:
+    """Text without its signature: cut at a "-- " delimiter line (RFC 3676) or a mobile
+    footer ("Enviado desde mi iPhone", "Obtener Outlook para iOS") and anything below it,
+    and without a legal notice at the end. Sign-offs ("Saludos, Ana") are kept. If that
+    would leave nothing, the text is returned as it was. Never raises."""
+    try:
+        lines = _normalise(text if isinstance(text, str) else str(text or "")).split("\n")
+        cut = len(lines)
+        for index, line in enumerate(lines):
+            if index and (_SIGNATURE_DELIMITER_RE.match(line) or _MOBILE_FOOTER_RE.match(line)):
+                cut = index
+                break
+        kept = lines[:cut]
+        # A trailing legal notice paragraph (no delimiter above it).
+        paragraphs = "\n".join(kept).rstrip().split("\n\n")
+        while len(paragraphs) > 1 and _DISCLAIMER_RE.match(paragraphs[-1].strip()):
+            paragraphs.pop()
+        result = "\n\n".join(paragraphs).rstrip()
+        return result if result.strip() else "\n".join(lines).rstrip()
+    except Exception:
+        log.exception("signature_free failed; keeping the text")
+        return str(text or "").rstrip()
