@@ -23,16 +23,18 @@ STATUS_LABELS_ES: dict[ClockStatus, str] = {
 }
 
 _DURATION_PART_RE = re.compile(
-    r"(\d+(?:[.,]\d+)?)\s*(horas?|hrs?|h|minutos?|mins?|m|segundos?|segs?|s)(?![a-z])",
+    r"(\d+(?:[.,]\d+)?)\s*(d[ií]as?|d|horas?|hrs?|h|minutos?|mins?|m|segundos?|segs?|s)(?![a-z])",
     re.IGNORECASE,
 )
-_UNIT_SECONDS = {"h": 3600, "m": 60, "s": 1}
+_UNIT_SECONDS = {"d": 86_400, "h": 3600, "m": 60, "s": 1}
 
 
 def parse_duration(value: Any) -> Any:
-    """Read "1h", "90m", "1h30m" or "2 horas" as a timedelta; pass timedelta and ISO 8601 on.
+    """Read "1h", "90m", "1h30m", "2 horas" or "10 días" as a timedelta (clock time).
 
-    A bare number is refused: in a rules file `URGENTE: 1` could mean an hour or a second.
+    timedelta and ISO 8601 ("PT1H") pass on to pydantic. A bare number is refused: in a
+    rules file `URGENTE: 1` could mean an hour or a second. A day is 24 clock hours, never
+    a business day.
     """
     if isinstance(value, timedelta):
         return value

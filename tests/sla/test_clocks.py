@@ -187,7 +187,7 @@ def test_plan_sla_round_trips_through_json() -> None:
     [("1h", timedelta(hours=1)), ("90m", timedelta(minutes=90)),
      ("1h30m", timedelta(minutes=90)), ("1,5 h", timedelta(minutes=90)),
      ("2 horas", timedelta(hours=2)), ("45 minutos", timedelta(minutes=45)),
-     ("30s", timedelta(seconds=30))],
+     ("30s", timedelta(seconds=30)), ("10 días", timedelta(days=10)), ("2d", timedelta(days=2))],
 )  # fmt: skip
 def test_parse_duration(text: str, duration: timedelta) -> None:
     assert parse_duration(text) == duration
@@ -199,7 +199,7 @@ def test_parse_duration(text: str, duration: timedelta) -> None:
         ({"response_targets": {"URGENTE": "3h", "ALTA": "4h", "MEDIA": "9h"}}, "BAJA"),
         ({"response_targets": {"URGENTE": 3, "ALTA": "4h", "MEDIA": "9h", "BAJA": "10h"}},
          "write a unit"),
-        ({"response_targets": {"URGENTE": "3 días", "ALTA": "4h", "MEDIA": "9h", "BAJA": "1h"}},
+        ({"response_targets": {"URGENTE": "3 semanas", "ALTA": "4h", "MEDIA": "9h", "BAJA": "1h"}},
          "not a duration"),
         ({"response_targets": {"URGENTE": "0m", "ALTA": "4h", "MEDIA": "9h", "BAJA": "10h"}},
          "positive"),
