@@ -96,6 +96,8 @@ class Database:
     """Owns the engine and hands out sessions and transactions."""
 
     def __init__(self, url: str) -> None:
+        import mailbridge.models  # noqa: F401  (every table known before the first flush)
+
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine = make_engine(url)

@@ -1,0 +1,61 @@
+"""`mailbridge ingest`: the pipe for MTAs and replays, with sysexits codes."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.support.daemon import opening_mail
+
+
+def test_ingest_from_stdin_makes_a_case(make_daemon) -> None:
+    daemon = make_daemon()
+    raw = opening_mail(to="soporte-b@mesa.example").as_bytes()
+    result = daemon.cli("ingest", "-", "--json", input=raw)
+    assert result.returncode == 0
+    ticket = daemon.cli_json("tickets", "show", "1")
+    assert ticket["priority"] == "B"
+    assert ticket["tenant_id"] == "TEN-1001"
+    # The acknowledgement waits in the outbox for the daemon's sender.
+    assert ticket["outbound"][0]["kind"] == "ack"
+    assert ticket["outbound"][0]["state"] == "pending"
+
+
+def test_ingest_from_file_with_envelope_recipient(make_daemon, tmp_path) -> None:
+    daemon = make_daemon()
+    path = tmp_path / "mail.eml"
+    path.write_bytes(opening_mail(to="lista@compensar.example").as_bytes())
+    daemon.cli("ingest", str(path), "--recipient", "soporte-c@mesa.example")
+    assert daemon.cli_json("tickets", "show", "1")["priority"] == "C"
+
+
+def test_ingest_empty_input_is_65(make_daemon) -> None:
+    daemon = make_daemon()
+    result = daemon.cli("ingest", "-", input=b"", check=False)
+    assert result.returncode == 65
+    assert b"empty input" in result.stderr
+
+
+def test_ingest_missing_file_is_66(make_daemon) -> None:
+    daemon = make_daemon()
+    result = daemon.cli("ingest", "/nonexistent/mail.eml", check=False)
+    assert result.returncode == 66
+
+
+def test_ingest_storage_failure_is_75(make_daemon) -> None:
+    daemon = make_daemon()
+    with sqlite3.connect(daemon.data_dir / "mailbridge.db") as conn:
+        conn.execute(
+            "CREATE TRIGGER disk_full BEFORE INSERT ON inbound "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    result = daemon.cli("ingest", "-", input=opening_mail().as_bytes(), check=False)
+    assert result.returncode == 75
+    assert b"could not store" in result.stderr
+
+
+def test_same_message_twice_makes_one_case(make_daemon) -> None:
+    daemon = make_daemon()
+    raw = opening_mail(message_id="<dos-veces@compensar.example>").as_bytes()
+    daemon.cli("ingest", "-", input=raw)
+    daemon.cli("ingest", "-", input=raw)
+    assert len(daemon.cli_json("tickets", "list")) == 1

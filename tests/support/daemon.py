@@ -1,0 +1,152 @@
+"""Start the real `mailbridge run` as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for a relay that is 'down')."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Daemon:
+    """One mailbridge instance with its own data dir and database."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        # The developer's own MAILBRIDGE_* settings must not leak into a test.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MAILBRIDGE_")}
+        self.env = {
+            **base,
+            "MAILBRIDGE_DATA_DIR": str(data_dir),
+            "MAILBRIDGE_RULES": str(REPO / "rules.yaml"),
+            "MAILBRIDGE_SMTP_LISTEN": "127.0.0.1:0",
+            "MAILBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+            "MAILBRIDGE_WORKER_POLL_INTERVAL": "0.5",
+            "MAILBRIDGE_OUTBOX_RETRY_BASE": "0.2",
+            "MAILBRIDGE_OUTBOX_RETRY_MAX": "1",
+            "MAILBRIDGE_DRAIN_TIMEOUT": "10",
+            **(env or {}),
+        }
+        if not (env and "MAILBRIDGE_RELAY" in env):
+            self.env.pop("MAILBRIDGE_RELAY", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.smtp_port = 0
+        self.http_port = 0
+        self.log_path = data_dir / "daemon.log"
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mailbridge", *args],
+            env=self.env, input=input, capture_output=True, timeout=60, check=False,
+            cwd=self.data_dir,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"mailbridge {' '.join(args)} → {result.returncode}: {result.stderr.decode()}")
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def upgrade(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.cli("db", "upgrade")
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        listen = self.data_dir / "run" / "listen.json"
+        listen.unlink(missing_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailbridge", "run"],
+            env=self.env, stdout=log, stderr=log, cwd=self.data_dir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log_tail()}")
+            if listen.exists():
+                data = json.loads(listen.read_text())
+                if data["pid"] == self.proc.pid:
+                    self.smtp_port = data["smtp"][1]
+                    self.http_port = data["http"][1]
+                    return self
+            time.sleep(0.05)
+        raise AssertionError(f"daemon did not start in {timeout}s: {self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"daemon ignored signal {sig}: {self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def http_get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
+
+    def send(self, msg: EmailMessage, *, rcpt: list[str] | None = None) -> None:
+        with self.smtp() as client:
+            client.send_message(msg, to_addrs=rcpt)
+
+    def wait_ticket(self, number: int, timeout: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.cli("tickets", "show", str(number), "--json", check=False)
+            if result.returncode == 0:
+                return json.loads(result.stdout)  # type: ignore[no-any-return]
+            time.sleep(0.1)
+        raise AssertionError(f"case {number} never appeared: {self.log_tail()}")
+
+
+def opening_mail(
+    *,
+    sender: str = "ana@compensar.example",
+    to: str = "soporte-a@mesa.example",
+    subject: str = "TEN-1001 Caída del servicio de correo",
+    body: str = "Explicación detallada del incidente: no llegan los correos desde las 8:00.\n",
+    message_id: str | None = None,
+    **headers: str,
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"Ana Gómez <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or f"<{time.time_ns()}.{os.getpid()}@compensar.example>"
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
