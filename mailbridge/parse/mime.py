@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.policy
 import logging
+import mimetypes
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
@@ -78,7 +82,32 @@ def _addresses(values: list[tuple[str, str]] | None) -> list[str]:
 
 def parse_mail(raw: bytes) -> ParsedMail:
     """Parse any bytes into a ParsedMail; defects are recorded, not raised."""
+    try:
+        return _parse_mail(raw)
+    except Exception as exc:  # last resort: an empty mail that keeps the defect
+        message = Message()
+        return ParsedMail(
+            message=message,
+            message_id=None,
+            in_reply_to=None,
+            references=[],
+            subject="",
+            from_addr="",
+            from_name="",
+            to=[],
+            cc=[],
+            reply_to=[],
+            date=None,
+            text="",
+            html=None,
+            defects=[f"parse_mail: {exc!r}"],
+        )
+
+
+def _parse_mail(raw: bytes) -> ParsedMail:
     defects: list[str] = []
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
     # Normalise mbox "From " lines and bare CR line ends before parsing.
     if raw.startswith(b"From ") and b"\n" in raw:
         raw = raw.split(b"\n", 1)[1]
@@ -105,28 +134,43 @@ def parse_mail(raw: bytes) -> ParsedMail:
         from_pairs = safe(lambda: parsed.from_, [])
         to_pairs = safe(lambda: parsed.to, [])
         cc_pairs = safe(lambda: parsed.cc, [])
-        reply_pairs = safe(lambda: getaddresses([str(v) for v in message.get_all("Reply-To", [])]), [])
+        reply_pairs = safe(
+            lambda: getaddresses([str(v) for v in message.get_all("Reply-To", [])]), []
+        )
         text_parts = safe(lambda: parsed.text_plain, [])
         html_parts = safe(lambda: parsed.text_html, [])
         date = safe(lambda: parsed.date, None)
-        for d in safe(lambda: parsed.defects, []):
-            defects.append(str(d))
+        defects.extend(_flatten_defects(safe(lambda: parsed.defects, [])))
     else:
-        subject = clean_header_text(str(message.get("Subject", "")))
-        from_pairs = [parseaddr(str(message.get("From", "")))]
-        to_pairs = getaddresses([str(v) for v in message.get_all("To", [])])
-        cc_pairs = getaddresses([str(v) for v in message.get_all("Cc", [])])
-        reply_pairs = getaddresses([str(v) for v in message.get_all("Reply-To", [])])
-        text_parts, html_parts, date = [], [], None
+        subject = clean_header_text(_decoded_header(message.get("Subject")))
+        from_pairs = safe(lambda: [parseaddr(_decoded_header(message.get("From")))], [])
+        to_pairs = safe(lambda: getaddresses([str(v) for v in message.get_all("To", [])]), [])
+        cc_pairs = safe(lambda: getaddresses([str(v) for v in message.get_all("Cc", [])]), [])
+        reply_pairs = safe(
+            lambda: getaddresses([str(v) for v in message.get_all("Reply-To", [])]), []
+        )
+        text_parts, html_parts = _bodies(message, defects)
+        date = None
 
-    from_name, from_addr = (from_pairs[0] if from_pairs else ("", ""))
+    # mail-parser decodes an unknown or wrong charset as UTF-8 with replacement
+    # characters; decode those parts again, trying cp1252 before giving up.
+    if any("\ufffd" in part for part in [*text_parts, *html_parts]) and parsed is not None:
+        own_text, own_html = _bodies(message, [])
+        if _replacements(own_text) + _replacements(own_html) < _replacements(
+            text_parts
+        ) + _replacements(html_parts):
+            text_parts, html_parts = own_text, own_html
+
+    from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
     html = "\n".join(html_parts) if html_parts else None
     text = "\n".join(text_parts)
     if not text.strip() and html:
         from mailbridge.parse.html import html_to_text
 
         text = html_to_text(html)
-    attachments = _attachments(parsed, defects) if parsed is not None else []
+    attachments = _attachments(message, defects)
+    if parsed is not None:
+        attachments.extend(_recovered_attachments(parsed, attachments, defects))
     msgid = message_ids(str(message.get("Message-ID", "")))
     in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
     return ParsedMail(
@@ -141,16 +185,196 @@ def parse_mail(raw: bytes) -> ParsedMail:
         cc=_addresses(cc_pairs),
         reply_to=_addresses(reply_pairs),
         date=date if isinstance(date, datetime) else None,
-        text=text.replace("\r\n", "\n"),
+        text=text.replace("\r\n", "\n").replace("\r", "\n"),
         html=html,
         attachments=attachments,
         defects=defects,
     )
 
 
-def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[ParsedAttachment]:
-    import base64
+def _replacements(parts: list[str]) -> int:
+    return sum(part.count("\ufffd") for part in parts)
 
+
+def _flatten_defects(items: object) -> list[str]:
+    """mail-parser reports {content type: [defect, ...]}; keep one line per defect."""
+    out: list[str] = []
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, dict):
+            for where, found in item.items():
+                for defect in found if isinstance(found, list) else [found]:
+                    out.append(f"{where}: {defect}")
+        else:
+            out.append(str(item))
+    return out
+
+
+def _decoded_header(value: object) -> str:
+    if value is None:
+        return ""
+    try:
+        return str(make_header(decode_header(str(value))))
+    except Exception:
+        return str(value)
+
+
+def decode_text(payload: bytes, charset: str | None, defects: list[str] | None = None) -> str:
+    """Bytes of a text part → str: the declared charset, else UTF-8, else cp1252."""
+    name = (charset or "").strip().strip("\"'").lower()
+    if name:
+        try:
+            codecs.lookup(name)
+            return payload.decode(name)
+        except LookupError:
+            if defects is not None:
+                defects.append(f"unknown charset {name!r}")
+        except (UnicodeDecodeError, ValueError):
+            if defects is not None:
+                defects.append(f"text does not decode as {name!r}")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("cp1252", "replace")
+
+
+def _is_body(part: Message) -> bool:
+    """A text/plain or text/html part that is the message body, not an attachment."""
+    if part.get_content_type() not in ("text/plain", "text/html"):
+        return False
+    try:
+        disposition = part.get_content_disposition()
+        filename = part.get_filename()
+    except Exception:
+        return True
+    return disposition != "attachment" and not filename
+
+
+def _leaf_parts(message: Message) -> list[Message]:
+    """Leaves of the MIME tree, not descending into attached messages."""
+    leaves: list[Message] = []
+    stack: list[Message] = [message]
+    while stack and len(leaves) < 1000:
+        part = stack.pop()
+        if part.get_content_type() in ("message/rfc822", "message/global") and part is not message:
+            leaves.append(part)
+            continue
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
+        else:
+            leaves.append(part)
+    return leaves
+
+
+def _bodies(message: Message, defects: list[str]) -> tuple[list[str], list[str]]:
+    """Text and HTML bodies decoded with the stdlib (fallback and charset recovery)."""
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    try:
+        leaves = _leaf_parts(message)
+    except Exception as exc:
+        defects.append(f"walk: {exc!r}")
+        return text_parts, html_parts
+    for part in leaves:
+        try:
+            if not _is_body(part):
+                continue
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes) or not payload:
+                continue
+            body = decode_text(payload, part.get_param("charset"), defects)  # type: ignore[arg-type]
+            (html_parts if part.get_content_subtype() == "html" else text_parts).append(body)
+        except Exception as exc:
+            defects.append(f"body part: {exc!r}")
+    return text_parts, html_parts
+
+
+# --- attachments ------------------------------------------------------------------
+
+_NOT_EVIDENCE = {"application/pkcs7-signature", "application/x-pkcs7-signature",
+                 "application/pgp-signature"}  # fmt: skip
+MAX_FILENAME_BYTES = 255
+
+
+def safe_filename(name: str | None, content_type: str = "application/octet-stream") -> str:
+    """A file name safe to show and store: no path, no control characters, ≤ 255 bytes."""
+    name = _decoded_header(name) if name else ""
+    name = name.strip().strip("<>")
+    if "@" in name and "/" not in name and "\\" not in name:
+        # A Content-ID ("image001.png@01DA5B…") used as a name: keep the file part.
+        name = name.split("@", 1)[0]
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") else ch for ch in name
+    )
+    name = re.sub(r"\s+", " ", name).strip(" .")
+    if not name:
+        extension = mimetypes.guess_extension(content_type or "") or (
+            ".txt" if (content_type or "").startswith("text/") else ".bin"
+        )
+        name = "adjunto" + extension
+    if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
+        stem, dot, extension = name.rpartition(".")
+        if not dot or not stem or len(extension) > 16:
+            stem, extension = name, ""
+        suffix = f".{extension}" if extension else ""
+        budget = MAX_FILENAME_BYTES - len(suffix.encode("utf-8"))
+        stem = stem.encode("utf-8")[:budget].decode("utf-8", "ignore").rstrip(" .")
+        name = (stem or "adjunto") + suffix
+    return name
+
+
+def _attachments(message: Message, defects: list[str]) -> list[ParsedAttachment]:
+    out: list[ParsedAttachment] = []
+    try:
+        leaves = _leaf_parts(message)
+    except Exception as exc:
+        defects.append(f"attachments: {exc!r}")
+        return out
+    for part in leaves:
+        try:
+            content_type = part.get_content_type()
+            if content_type in _NOT_EVIDENCE or _is_body(part):
+                continue
+            if part.get_content_maintype() == "multipart":
+                continue  # an empty or broken container
+            content_id = message_ids(str(part.get("Content-ID", "") or ""))
+            disposition = part.get_content_disposition()
+            if content_type in ("message/rfc822", "message/global"):
+                inner = part.get_payload()
+                inner_message = inner[0] if isinstance(inner, list) and inner else None
+                data = inner_message.as_bytes() if isinstance(inner_message, Message) else b""
+                fallback_name = _decoded_header(
+                    inner_message.get("Subject") if isinstance(inner_message, Message) else None
+                )
+                filename = part.get_filename() or (fallback_name + ".eml" if fallback_name else "")
+                content_type = "message/rfc822"
+            else:
+                payload = part.get_payload(decode=True)
+                data = payload if isinstance(payload, bytes) else b""
+                filename = part.get_filename() or (content_id[0] if content_id else "")
+            out.append(
+                ParsedAttachment(
+                    filename=safe_filename(filename, content_type),
+                    content_type=content_type,
+                    payload=data,
+                    inline=disposition == "inline" or (disposition is None and bool(content_id)),
+                    content_id=content_id[0] if content_id else None,
+                )
+            )
+        except Exception as exc:
+            defects.append(f"attachment: {exc!r}")
+    return out
+
+
+def _recovered_attachments(
+    parsed: mailparser.MailParser, found: list[ParsedAttachment], defects: list[str]
+) -> list[ParsedAttachment]:
+    """Attachments mail-parser recovered from a broken structure that the walk missed."""
+    import base64
+    import binascii
+
+    known = {(a.filename, len(a.payload)) for a in found}
     out: list[ParsedAttachment] = []
     try:
         items = parsed.attachments
@@ -159,20 +383,31 @@ def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[Pars
         return out
     for item in items:
         try:
+            content_type = item.get("mail_content_type") or "application/octet-stream"
+            if content_type in _NOT_EVIDENCE or content_type.startswith("message/"):
+                continue
             payload = item.get("payload") or ""
             if item.get("binary"):
-                data = base64.b64decode(payload)
+                try:
+                    data = base64.b64decode(payload)
+                except (binascii.Error, ValueError):
+                    data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=False)
+            elif isinstance(payload, str):
+                data = payload.encode("utf-8", "surrogateescape")
             else:
-                data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
+                data = bytes(payload)
+            filename = safe_filename(item.get("filename"), content_type)
+            if (filename, len(data)) in known or any(a.filename == filename for a in found):
+                continue
+            disposition = str(item.get("content-disposition") or "").lower()
+            content_id = message_ids(str(item.get("content-id") or ""))
             out.append(
                 ParsedAttachment(
-                    filename=item.get("filename") or "adjunto",
-                    content_type=item.get("mail_content_type") or "application/octet-stream",
+                    filename=filename,
+                    content_type=content_type,
                     payload=data,
-                    inline=bool(item.get("content-disposition", "").startswith("inline"))
-                    if isinstance(item.get("content-disposition"), str)
-                    else False,
-                    content_id=item.get("content-id") or None,
+                    inline=disposition.startswith("inline"),
+                    content_id=content_id[0] if content_id else None,
                 )
             )
         except Exception as exc:
