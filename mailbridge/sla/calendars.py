@@ -99,13 +99,13 @@ def _normalise_hours(weekly_hours: OpeningHours) -> dict[int, tuple[tuple[int, i
                 pieces[weekday].append((start, SECONDS_PER_DAY))
                 pieces[(weekday + 1) % 7].append((0, end))
     merged: dict[int, tuple[tuple[int, int], ...]] = {}
-    for weekday, intervals in pieces.items():
+    for weekday, day_pieces in pieces.items():
         out: list[tuple[int, int]] = []
-        for start, end in sorted(intervals):
-            if out and start <= out[-1][1]:
-                out[-1] = (out[-1][0], max(out[-1][1], end))
+        for piece_start, piece_end in sorted(day_pieces):
+            if out and piece_start <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], piece_end))
             else:
-                out.append((start, end))
+                out.append((piece_start, piece_end))
         merged[weekday] = tuple(out)
     return merged
 
@@ -246,9 +246,6 @@ class BusinessCalendar:
     def is_business_day(self, day: date) -> bool:
         """Whether `day` counts as a "día laborable" (see the class docstring)."""
         return day.weekday() in self.business_weekdays and not self.is_holiday(day)
-
-    def local_date(self, at: datetime) -> date:
-        return require_aware(at).astimezone(self.zone).date()
 
     # Opening intervals ------------------------------------------------------------------
 

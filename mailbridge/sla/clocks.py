@@ -137,10 +137,10 @@ SEED_PLANS: dict[str, PlanSLA] = {"premium": PREMIUM_SLA, "profesional": PROFESI
 
 
 def _target_for(targets: Mapping[Severity, timedelta], severity: str) -> timedelta:
-    target = targets.get(severity)  # type: ignore[call-overload]
-    if target is None:
-        raise ValueError(f"no response target for severity {severity!r}")
-    return target
+    for known, target in targets.items():
+        if known == severity:
+            return target
+    raise ValueError(f"no response target for severity {severity!r}")
 
 
 def clock_started_at(received_at: datetime, calendar: BusinessCalendar) -> datetime:

@@ -132,7 +132,18 @@ def _eligible(case: CaseView, rules: EscalationRules, why: str) -> EscalationDec
 def escalation_decision(
     case: CaseView, now: datetime, rules: EscalationRules = DEFAULT_ESCALATION_RULES
 ) -> EscalationDecision:
-    """Whether `case` may be escalated at `now`, to which level, and why (in Spanish)."""
+    """Whether `case` may be escalated at `now`, to which level, and why (in Spanish).
+
+    Rules apply in this order, the first that matches decides:
+    1. an RCA request waits `rca_min_business_days` from its creation; after that it is
+       eligible whatever its priority (the RCA delivery standard was missed);
+    2. low priority (neither high nor medium) is never eligible: ask for a priority change;
+    3. more than `max_escalations_without_traction` escalations without traction: eligible
+       at once, one level up (`next_level`);
+    4. high priority: eligible after `high_stale_after` (clock hours) without an update;
+    5. medium impact: eligible after `medium_stale_business_days` business days without one.
+    Eligible cases go to `first_level` unless rule 3's count is exceeded.
+    """
     now = require_aware(now, "now")
     zone = case.calendar.zone
 
