@@ -166,6 +166,78 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from mailbridge.status import status_report
+
+    db = _db(_settings())
+    with db.reader() as session:
+        report = status_report(session)
+    if args.json:
+        _print_json(report)
+        return 0
+    inbound, outbox, acks = report["inbound"], report["outbox"], report["acks"]
+    print(f"inbound waiting: {inbound['waiting']} (oldest {inbound['oldest_waiting_seconds']} s)")
+    print(f"quarantined:     {inbound['quarantined']}")
+    print(f"outbox pending:  {outbox['pending']} (oldest {outbox['oldest_pending_seconds']} s), "
+          f"failed {outbox['failed']}")
+    print(f"cases:           {report['tickets']['total']} {report['tickets']['by_status']}")
+    oldest = acks["oldest_unacknowledged"]
+    print(f"oldest unacknowledged case: {oldest['case']} ({oldest['age_seconds']} s)"
+          if oldest else "every case acknowledged")
+    for late in acks["overdue"]:
+        print(f"ACK OVERDUE: case {late['case']} (due {late['due_at']})")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from mailbridge.spool import STATE_QUARANTINED, InboundMail, release_for_replay
+    from mailbridge.status import quarantine_entry, quarantine_list
+
+    settings = _settings()
+    db = _db(settings)
+    if args.quarantine_command == "list":
+        with db.reader() as session:
+            entries = quarantine_list(session)
+        if args.json:
+            _print_json(entries)
+        else:
+            for e in entries:
+                print(f"{e['id']:>7}  {e['received_at'][:19]}  {e['stage']:<10} {e['error'][:80]}")
+        return 0
+    with db.reader() as session:
+        row = session.get(InboundMail, args.id)
+        if row is None or row.state != STATE_QUARANTINED:
+            print(f"error: no quarantined mail {args.id}", file=sys.stderr)
+            return 1
+        entry = quarantine_entry(row, full=True)
+        raw = row.raw if args.quarantine_command == "show" and args.raw else b""
+    if args.quarantine_command == "show":
+        if args.raw:
+            sys.stdout.buffer.write(raw)
+        else:
+            _print_json(entry)
+        return 0
+    if args.quarantine_command == "drop":
+        from mailbridge.db import utcnow
+
+        with db.transaction() as session:
+            row = session.get(InboundMail, args.id)
+            assert row is not None
+            row.state, row.outcome, row.processed_at = "dropped", "dropped", utcnow()
+        print(f"mail {args.id} dropped (its raw copy stays in the archive)")
+        return 0
+    # replay
+    release_for_replay(db, args.id)
+    from mailbridge.pipeline import Pipeline
+    from mailbridge.rules import load_rules
+
+    rules = load_rules(settings.rules)
+    result = Pipeline(db, settings, lambda: rules).process(args.id)
+    outcome = result.outcome if result else "queued"
+    print(f"mail {args.id} replayed: {outcome}")
+    return 0 if outcome != "quarantined" else 1
+
+
 def _redacted_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -205,6 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("number", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_tickets_show)
+
+    p = sub.add_parser("status", help="queues, oldest unacknowledged mail, overdue acks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("quarantine", help="mail whose processing failed")
+    qsub = p.add_subparsers(dest="quarantine_command", required=True)
+    q = qsub.add_parser("list", help="quarantined mail with stage and error")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quarantine)
+    for name, text in (("show", "one mail with its traceback"), ("replay", "process it again"),
+                       ("drop", "stop retrying it (the raw copy is kept)")):
+        q = qsub.add_parser(name, help=text)
+        q.add_argument("id", type=int)
+        if name == "show":
+            q.add_argument("--raw", action="store_true", help="print the raw message")
+        q.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("check-config", help="validate settings and rules.yaml")
     p.set_defaults(func=cmd_check_config)

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mailbridge.db import Database
+from mailbridge.rules import Rules, load_rules
+from mailbridge.schema import upgrade
+from mailbridge.settings import Settings
 from tests.support.daemon import Daemon
 from tests.support.sink import SmtpSink
 
@@ -16,6 +20,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 def corpus_dir() -> Path:
     return Path(os.environ.get("MAILBRIDGE_CORPUS", REPO.parent / "shared" / "corpus"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for in-process tests: a fresh data dir and the demo rules."""
+    for key in list(os.environ):
+        if key.startswith("MAILBRIDGE_") and key != "MAILBRIDGE_CORPUS":
+            monkeypatch.delenv(key)
+    return Settings(data_dir=tmp_path / "var", rules=REPO / "rules.yaml", _env_file=None)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """A real, migrated SQLite database."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    database = Database(settings.resolved_database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def rules() -> Rules:
+    return load_rules(REPO / "rules.yaml")
 
 
 @pytest.fixture

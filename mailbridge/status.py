@@ -1,0 +1,117 @@
+"""`mailbridge status` and `mailbridge quarantine …`: what ops look at first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailbridge.db import utcnow
+from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
+from mailbridge.spool import STATE_NEW, STATE_QUARANTINED, InboundMail
+from mailbridge.tickets.models import Ticket
+
+
+def _age(value: datetime | None, now: datetime) -> float | None:
+    return round((now - value).total_seconds(), 1) if value is not None else None
+
+
+def overdue_acks(session: Session, now: datetime) -> list[Ticket]:
+    """Cases whose acknowledgement has not left and whose deadline has passed."""
+    return list(
+        session.scalars(
+            select(Ticket)
+            .join(OutboxMail, (OutboxMail.ticket_id == Ticket.id) & (OutboxMail.kind == "ack"))
+            .where(Ticket.acked_at.is_(None), Ticket.ack_due_at < now)
+            .order_by(Ticket.number)
+            .limit(100)
+        )
+    )
+
+
+def status_report(session: Session) -> dict[str, Any]:
+    now = utcnow()
+    inbound_new, oldest_new = session.execute(
+        select(func.count(InboundMail.id), func.min(InboundMail.received_at)).where(
+            InboundMail.state == STATE_NEW
+        )
+    ).one()
+    quarantined = session.scalar(
+        select(func.count(InboundMail.id)).where(InboundMail.state == STATE_QUARANTINED)
+    )
+    outbox_pending, oldest_out = session.execute(
+        select(func.count(OutboxMail.id), func.min(OutboxMail.created_at)).where(
+            OutboxMail.state == STATE_PENDING
+        )
+    ).one()
+    outbox_failed = session.scalar(
+        select(func.count(OutboxMail.id)).where(OutboxMail.state == STATE_FAILED)
+    )
+    oldest_unacked = session.execute(
+        select(Ticket.number, Ticket.created_at)
+        .where(Ticket.acked_at.is_(None))
+        .join(OutboxMail, (OutboxMail.ticket_id == Ticket.id) & (OutboxMail.kind == "ack"))
+        .order_by(Ticket.created_at)
+        .limit(1)
+    ).first()
+    late = overdue_acks(session, now)
+    return {
+        "now": now.isoformat(),
+        "inbound": {
+            "waiting": inbound_new,
+            "oldest_waiting_seconds": _age(oldest_new, now),
+            "quarantined": quarantined,
+        },
+        "outbox": {
+            "pending": outbox_pending,
+            "oldest_pending_seconds": _age(oldest_out, now),
+            "failed": outbox_failed,
+        },
+        "tickets": {
+            "total": session.scalar(select(func.count(Ticket.id))),
+            "by_status": dict(
+                session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all()
+            ),
+        },
+        "acks": {
+            "oldest_unacknowledged": (
+                {"case": oldest_unacked[0], "age_seconds": _age(oldest_unacked[1], now)}
+                if oldest_unacked
+                else None
+            ),
+            "overdue": [
+                {"case": t.number, "due_at": t.ack_due_at.isoformat() if t.ack_due_at else None}
+                for t in late
+            ],
+        },
+    }
+
+
+def quarantine_list(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(InboundMail)
+        .where(InboundMail.state == STATE_QUARANTINED)
+        .order_by(InboundMail.id)
+        .limit(limit)
+    )
+    return [quarantine_entry(r) for r in rows]
+
+
+def quarantine_entry(row: InboundMail, *, full: bool = False) -> dict[str, Any]:
+    error = row.error or ""
+    entry: dict[str, Any] = {
+        "id": row.id,
+        "received_at": row.received_at.isoformat(),
+        "channel": row.channel,
+        "source": row.source,
+        "mail_from": row.mail_from,
+        "rcpt_tos": list(row.rcpt_tos),
+        "size": row.size,
+        "message_id": row.message_id,
+        "stage": row.stage,
+        "attempts": row.attempts,
+        "error": error if full else (error.strip().splitlines() or [""])[-1],
+    }
+    return entry
