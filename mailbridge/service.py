@@ -19,6 +19,7 @@ from mailbridge.pipeline import Pipeline, PipelineWorker
 from mailbridge.rules import Rules, RulesError, load_rules
 from mailbridge.schema import pending_revision
 from mailbridge.settings import Settings
+from mailbridge.systemd import notify, watchdog_interval
 from mailbridge.web import HttpServer
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ class Service:
         self.sender.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.rules.reload)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._write_listen_file(host, smtp_port, http_host, self.http.port)
+        notify("READY=1\nSTATUS=accepting mail")
+        watchdog = asyncio.create_task(self._watchdog()) if watchdog_interval() else None
         log.info(
             "mailbridge started",
             extra={
@@ -108,7 +111,24 @@ class Service:
             },
         )
         await self.stopping.wait()
+        notify("STOPPING=1\nSTATUS=draining")
         await self._drain(handler, factory, writer)
+        if watchdog is not None:
+            watchdog.cancel()
+
+    def _reload(self) -> None:
+        notify("RELOADING=1")
+        self.rules.reload()
+        notify("READY=1")
+
+    async def _watchdog(self) -> None:
+        """Ping systemd only while the database answers: a wedged daemon gets restarted."""
+        interval = watchdog_interval() or 30.0
+        while True:
+            checks = await asyncio.to_thread(self.readiness)
+            if checks["database"]["ok"]:
+                notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     async def _drain(self, handler: IntakeHandler, factory: Any, writer: SpoolWriter) -> None:
         log.info("stopping: no new connections; finishing work in hand")
