@@ -36,7 +36,7 @@ class _FoldTable(dict[int, str]):
             base = char
         low = base.lower()
         result = low if len(low) == 1 else base
-        if result.isspace() and result not in "\n\r":
+        if result.isspace() and result not in "\n\r\t":
             result = " "
         self[code] = result
         return result
@@ -526,7 +526,9 @@ _LEVEL_KEYWORD_RE = re.compile(
 _P_CODE_RE = re.compile(r"(?<![\w-])(?:P|SEV|Sev|sev)\s?-?(?P<num>[1-5])(?![\w-])")
 _URGENTE_RE = re.compile(r"(?<![\w-])(?:URGENTE|URGENT|CR[IÍ]TICO|CR[IÍ]TICA)(?![\w-])")
 _IMPACT_LEVEL_RE = re.compile(
-    rf"\bimpacto{_BETWEEN}(?P<word>{_LEVEL_ALT})\b|\b(?P<word2>{_LEVEL_ALT})\s+impacto\b"
+    r"\bimpacto(?:\s+(?:a|en|al|sobre)\s+(?:la\s+|el\s+)?(?:operacion|negocio|servicio)"
+    r"(?:\s+del\s+cliente)?)?"
+    rf"{_BETWEEN}(?P<word>{_LEVEL_ALT})\b|\b(?P<word2>{_LEVEL_ALT})\s+impacto\b"
 )
 
 

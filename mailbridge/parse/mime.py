@@ -155,11 +155,14 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     # mail-parser decodes an unknown or wrong charset as UTF-8 with replacement
     # characters; decode those parts again, trying cp1252 before giving up.
     if any("\ufffd" in part for part in [*text_parts, *html_parts]) and parsed is not None:
-        own_text, own_html = _bodies(message, [])
+        own_defects: list[str] = []
+        own_text, own_html = _bodies(message, own_defects)
         if _replacements(own_text) + _replacements(own_html) < _replacements(
             text_parts
         ) + _replacements(html_parts):
             text_parts, html_parts = own_text, own_html
+            defects.extend(own_defects)
+            defects.append("body text decoded again as UTF-8/cp1252")
 
     from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
     html = "\n".join(html_parts) if html_parts else None
@@ -305,7 +308,9 @@ def safe_filename(name: str | None, content_type: str = "application/octet-strea
         name = name.split("@", 1)[0]
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(
-        " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") else ch for ch in name
+        " " if ch in "\t\r\n" else ch
+        for ch in name
+        if ch in "\t\r\n" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs")
     )
     name = re.sub(r"\s+", " ", name).strip(" .")
     if not name:

@@ -171,7 +171,7 @@ _END_RE = re.compile(
 # A template hint left after the separator: "(Nombre – Correo – Teléfono)".
 _LEADING_HINT_RE = re.compile(rf"^\s*(?P<hint>{_HINT})[ \t]*[.:]?")
 _FORMAT_HINT_RE = re.compile(r"[\u2013\u2014,;/]|\s-\s")
-_EMPTY_VALUE_RE = re.compile(r"^[\s\-_.:;,*…?¿/\\|=~+#•·]*$")
+_EMPTY_VALUE_RE = re.compile(r"^[\s\-\u2013\u2014_.:;,*…?¿/\\|=~+#•·]*$")
 
 
 def _clean_value(value: str) -> str:
