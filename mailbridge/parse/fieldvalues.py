@@ -521,14 +521,15 @@ _KEYWORD_LEVEL_RE = re.compile(
     rf"\b{_KEYWORD}{_BETWEEN}(?:(?P<word>{_LEVEL_ALT})\b|(?:p|sev|s|g)?\s*(?P<num>[1-5])\b(?!\s*[/.,:]\s*\d))"
 )
 _LEVEL_KEYWORD_RE = re.compile(
-    rf"\b(?P<word>{_LEVEL_ALT})\s+(?:prioridad|urgencia|gravedad|severidad|criticidad|priority|severity)\b"
+    rf"\b(?P<word>{_LEVEL_ALT})[ \t]+"
+    r"(?:prioridad|urgencia|gravedad|severidad|criticidad|priority|severity)\b"
 )
 _P_CODE_RE = re.compile(r"(?<![\w-])(?:P|SEV|Sev|sev)\s?-?(?P<num>[1-5])(?![\w-])")
 _URGENTE_RE = re.compile(r"(?<![\w-])(?:URGENTE|URGENT|CR[IÍ]TICO|CR[IÍ]TICA)(?![\w-])")
 _IMPACT_LEVEL_RE = re.compile(
     r"\bimpacto(?:\s+(?:a|en|al|sobre)\s+(?:la\s+|el\s+)?(?:operacion|negocio|servicio)"
     r"(?:\s+del\s+cliente)?)?"
-    rf"{_BETWEEN}(?P<word>{_LEVEL_ALT})\b|\b(?P<word2>{_LEVEL_ALT})\s+impacto\b"
+    rf"{_BETWEEN}(?P<word>{_LEVEL_ALT})\b|\b(?P<word2>{_LEVEL_ALT})[ \t]+impacto\b"
 )
 
 
