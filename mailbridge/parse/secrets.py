@@ -21,7 +21,9 @@ _MAX_TEXT = 1_000_000
 # Whole-match secrets: the entire match is replaced.
 _PRIVATE_KEY_RE = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|(?:\n[ \t]*[A-Za-z0-9+/=:\- ]*)*)",
+    r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    # No END line: the key runs over the following base64 lines.
+    r"|(?:\n[ \t]*[A-Za-z0-9+/=][A-Za-z0-9+/=:\-, ]*)*)",
     re.DOTALL,
 )
 _WHOLE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
