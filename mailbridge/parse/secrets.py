@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from mailbridge.parse.fieldvalues import fold
@@ -19,13 +20,10 @@ PRIVATE_KEY = "clave privada"
 _MAX_TEXT = 1_000_000
 
 # Whole-match secrets: the entire match is replaced.
-_PRIVATE_KEY_RE = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-    # No END line: the key runs over the following base64 lines.
-    r"|(?:\n[ \t]*[A-Za-z0-9+/=][A-Za-z0-9+/=:\-, ]*)*)",
-    re.DOTALL,
-)
+_KEY_BEGIN_RE = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_KEY_END_RE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+# Without an END line the key runs over the following base64 lines.
+_KEY_BODY_RE = re.compile(r"(?:\n[ \t]*[A-Za-z0-9+/=][A-Za-z0-9+/=:\-, ]*)*")
 _WHOLE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (
         re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}(?![A-Za-z0-9])"),
@@ -130,10 +128,28 @@ def _password_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
+def _private_key_spans(text: str) -> list[tuple[int, int, str]]:
+    # Linear in the text even with many BEGIN lines and no END line.
+    ends = [m.end() for m in _KEY_END_RE.finditer(text)]
+    spans: list[tuple[int, int, str]] = []
+    covered = 0
+    for begin in _KEY_BEGIN_RE.finditer(text):
+        if begin.start() < covered:
+            continue
+        index = bisect.bisect_left(ends, begin.end())
+        if index < len(ends):
+            end = ends[index]
+        else:
+            body = _KEY_BODY_RE.match(text, begin.end())
+            end = body.end() if body else begin.end()
+        spans.append((begin.start(), end, PRIVATE_KEY))
+        covered = end
+    return spans
+
+
 def _find_spans(text: str) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
-    for match in _PRIVATE_KEY_RE.finditer(text):
-        spans.append((match.start(), match.end(), PRIVATE_KEY))
+    spans.extend(_private_key_spans(text))
     for pattern, kind in _WHOLE_PATTERNS:
         for match in pattern.finditer(text):
             spans.append((match.start(), match.end(), kind))
