@@ -75,11 +75,11 @@ _FEEDBACK_SUBJECT_RE = re.compile(
 _NOREPLY_LOCAL_RE = re.compile(r"^(?:no-?reply|do-?not-?reply|mail-?error|mailerror)$", re.I)
 # What a failure of the address itself looks like (RFC 3463 class X.1 and "host unknown").
 _HARD_TEXT_RE = re.compile(
-    r"user unknown|unknown user|no such (?:user|mailbox|recipient)|does not exist|"
-    r"(?:mailbox|account|recipient|address) (?:not found|unknown|unavailable|invalid|"
+    r"user unknown|unknown user|no such (?:user|mailbox|recipient)|does not exist|not exist|"
+    r"(?:mailbox|account|recipient|address|user) (?:not found|unknown|invalid|"
     r"does not exist|is disabled|disabled|has been disabled)|invalid recipient|"
     r"host unknown|unknown host|domain (?:not found|does not exist)|no mx|"
-    r"recipient address rejected: user unknown|address rejected|"
+    r"recipient address rejected: user unknown|unknown recipient|"
     r"user doesn't have|not our customer|undeliverable address|bad destination|"
     r"usuario desconocido|no existe|cuenta (?:desactivada|inexistente)",
     re.IGNORECASE,
@@ -88,7 +88,8 @@ _HARD_TEXT_RE = re.compile(
 _ORIGINAL_START_RE = re.compile(
     r"^(?:[-= ]*(?:original message|below this line is a copy|this is a copy of the message|"
     r"copy of the message|the original message|unsent message below|undelivered message|"
-    r"returned message|mensaje original|copia del mensaje)|received: |return-path: )",
+    r"returned message|mensaje original|copia del mensaje|message headers follow|"
+    r"headers of the original|original message headers)|received: |return-path: )",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -374,6 +375,16 @@ def _clean_status(value: str | None) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
+def _refine_status(status: str | None, diagnostic: str) -> str | None:
+    """A generic "5.0.0" gives way to the remote server's own, more precise code."""
+    detailed = _clean_status(diagnostic)
+    if status is None:
+        return detailed
+    if detailed and status.endswith(".0.0") and detailed[0] == status[0]:
+        return detailed
+    return status
+
+
 def _from_delivery_status(message: Message) -> BounceInfo | None:
     parts = [
         part
@@ -392,7 +403,7 @@ def _from_delivery_status(message: Message) -> BounceInfo | None:
                 continue
             action = str(block.get("Action", "") or "").strip().lower() or None
             diagnostic = re.sub(r"\s+", " ", str(block.get("Diagnostic-Code", "") or "")).strip()
-            status = _clean_status(str(block.get("Status", "") or "")) or _clean_status(diagnostic)
+            status = _refine_status(_clean_status(str(block.get("Status", "") or "")), diagnostic)
             entries.append((recipient, action, status, diagnostic or None))
     if not entries:
         info = _from_text(message)
@@ -446,12 +457,12 @@ def _from_amazon_ses(message: Message) -> BounceInfo | None:
     if start < 0 or "notificationType" not in body:
         return None
     try:
-        data, _end = json.JSONDecoder().raw_decode(body[start:])
+        data, _end = json.JSONDecoder(strict=False).raw_decode(body[start:])
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("Message"), str):  # wrapped by SNS
         try:
-            data = json.loads(data["Message"])
+            data = json.loads(data["Message"], strict=False)
         except ValueError:
             return None
     if not isinstance(data, dict):
@@ -506,12 +517,7 @@ def _from_text(message: Message) -> BounceInfo:
     failed_header = _header(message, "X-Failed-Recipients")
     recipients.extend(a.lower() for a in _ADDRESS_RE.findall(failed_header))
     if not recipients:
-        for address in _ADDRESS_RE.findall(report):
-            address = address.lower().strip(".")
-            local = address.split("@", 1)[0]
-            if address in excluded or _DAEMON_LOCAL_RE.match(local):
-                continue
-            recipients.append(address)
+        recipients = _text_recipients(report, excluded | _message_ids_in(body))
     if not recipients:
         original = attached_headers(message)
         if original is not None:
@@ -528,10 +534,52 @@ def _from_text(message: Message) -> BounceInfo:
     )
 
 
+_ADDRESS_IN_TEXT_RE = re.compile(
+    r"(?<![\w.+/=&#'%-])([A-Za-z0-9][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
+)
+# Lines that name the original sender or the message, not a recipient.
+_SENDER_LINE_RE = re.compile(
+    r"message-id|mail from|envelope-from|^\s*>?\s*(?:from|sender|return-path|reply-to|"
+    r"references|in-reply-to|de|remitente)\s*:",
+    re.IGNORECASE,
+)
+_FAILURE_LINE_RE = re.compile(
+    r"unknown|fail|reject|refused|denied|invalid|no such|not |n't|error|[45]\d\d|full|"
+    r"unavailable|does not exist|could not|undeliver|rcpt to|recipient|quota|blocked|"
+    r"desconocid|no existe|rechaz",
+    re.IGNORECASE,
+)
+
+
+def _message_ids_in(text: str) -> set[str]:
+    return {m.lower().strip("<>") for m in re.findall(r"<[^<>\s@]+@[^<>\s]+>", text)} & {
+        m.group(1).lower().strip("<>") for m in _MESSAGE_ID_RE.finditer(text)
+    }
+
+
+def _text_recipients(report: str, excluded: set[str]) -> list[str]:
+    """Addresses the report says failed: those on failure lines or on a line of their own."""
+    first: list[str] = []
+    second: list[str] = []
+    for line in report.splitlines():
+        if _SENDER_LINE_RE.search(line):
+            continue
+        for match in _ADDRESS_IN_TEXT_RE.finditer(line):
+            address = match.group(1).lower().rstrip(".")
+            if address in excluded or _DAEMON_LOCAL_RE.match(address.split("@", 1)[0]):
+                continue
+            rest = line.replace(match.group(1), "").strip(" \t<>:;,.()[]\"'")
+            if _FAILURE_LINE_RE.search(line) or not rest:
+                first.append(address)
+            else:
+                second.append(address)
+    return _unique(first or second)
+
+
 def _own_addresses_of_report(message: Message) -> set[str]:
     """Addresses in the report's own headers: the daemon and the original sender (us)."""
     out: set[str] = set()
-    names = ("From", "To", "Return-Path", "Sender", "Reply-To", "Delivered-To", "X-Original-To")
+    names = ("From", "To", "Return-Path", "Sender", "Reply-To")
     for name in names:
         out.update(a.lower() for a in _ADDRESS_RE.findall(_header(message, name)))
     return out
@@ -555,14 +603,10 @@ def _is_hard(status: str | None, text: str, action: str | None) -> bool:
     if action in ("delivered", "relayed", "expanded", "delayed"):
         return False
     if status:
-        if status.startswith(("2.", "4.")):
-            return False
-        if status.startswith("5.1.") and status not in ("5.1.7", "5.1.8"):
+        if status.startswith(("2.", "4.")) or status in ("5.1.7", "5.1.8"):
+            return False  # temporary, or our own (sender) address was refused
+        if status.startswith("5.1.") or status == "5.4.4":
             return True
-        if status in ("5.4.4", "5.4.1"):
-            return bool(_HARD_TEXT_RE.search(text or "")) or status == "5.4.4"
-        if status.startswith(("5.2.", "5.3.", "5.6.", "5.7.")):
-            return False
     return bool(_HARD_TEXT_RE.search(text or ""))
 
 
@@ -610,9 +654,8 @@ def original_message_id(message: Message) -> str | None:
 def _full_text(message: Message) -> str:
     chunks: list[str] = []
     for part in walk(message):
-        if content_type(part).startswith("text/") or content_type(part) == "message/rfc822":
-            if not part.is_multipart():
-                chunks.append(_decode(part))
+        if content_type(part).startswith(("text/", "message/")) and not part.is_multipart():
+            chunks.append(_decode(part))
     return "\n".join(chunks)[: _MAX_SCAN_CHARS * 2]
 
 
