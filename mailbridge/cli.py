@@ -166,6 +166,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_parse(args: argparse.Namespace) -> int:
+    from mailbridge.inspect import describe_mail
+    from mailbridge.intake.pipe import EX_NOINPUT, read_input
+    from mailbridge.rules import RulesError, load_rules
+
+    settings = _settings()
+    try:
+        raw = read_input(args.file)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 78
+    report = describe_mail(raw, rules)
+    if args.json:
+        _print_json(report)
+        return 0
+    for key in ("from", "subject", "classification", "tenant_id", "missing_fields", "defects"):
+        print(f"{key}: {report[key]}")
+    for key, value in report["fields"].items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from mailbridge.status import status_report
 
@@ -277,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("number", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_tickets_show)
+
+    p = sub.add_parser("parse", help="show what mailbridge reads from one mail (stores nothing)")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_parse)
 
     p = sub.add_parser("status", help="queues, oldest unacknowledged mail, overdue acks")
     p.add_argument("--json", action="store_true")

@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, available_timezones
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mailbridge.parse.template import FieldSpec
+
 Priority = Literal["A", "B", "C"]
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -98,12 +100,35 @@ class Tenant(_Strict):
         return ZoneInfo(self.timezone)
 
 
+class OpeningTemplate(_Strict):
+    """The fields an opening mail must carry (seed 000)."""
+
+    fields: list[FieldSpec] = Field(default_factory=list)
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_keys(cls, value: list[FieldSpec]) -> list[FieldSpec]:
+        seen: set[str] = set()
+        for spec in value:
+            if spec.key in seen:
+                raise ValueError(f"field key {spec.key!r} is declared twice")
+            seen.add(spec.key)
+        return value
+
+    def label(self, key: str) -> str:
+        for spec in self.fields:
+            if spec.key == key:
+                return spec.label
+        return key
+
+
 class Rules(_Strict):
     """The whole rules file."""
 
     desk: Desk
     addresses: list[SupportAddress] = Field(min_length=1)
     priorities: dict[Priority, PriorityLevel]
+    template: OpeningTemplate = Field(default_factory=OpeningTemplate)
     tenant_pattern: str
     plans: dict[str, Plan]
     tenants: list[Tenant] = Field(default_factory=list)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=300.0, description="idle seconds before the SMTP hangup")
     hostname: str | None = Field(default=None, description="name in the SMTP greeting")
 
+    max_attachment_size: int = Field(
+        default=10 * 1024 * 1024, description="bytes; larger evidence is listed, not kept apart"
+    )
+
     outbox_retry_base: float = Field(default=30.0, description="first retry delay, seconds")
     outbox_retry_max: float = Field(default=3600.0, description="longest retry delay, seconds")
     outbox_max_attempts: int = Field(default=200, description="then the row is marked failed")
@@ -82,6 +86,10 @@ class Settings(BaseSettings):
     @property
     def outbound_maildir(self) -> Path:
         return self.data_dir / "outbound"
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.data_dir / "evidence"
 
     @property
     def run_dir(self) -> Path:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-28 01:52:51.352578
+Create Date: 2026-11-28 01:59:07.355491
 """
 from collections.abc import Sequence
 
@@ -23,11 +23,23 @@ def upgrade() -> None:
     sa.Column('value', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_counters'))
     )
+    op.create_table('imap_cursors',
+    sa.Column('account', sa.String(length=64), nullable=False),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=False),
+    sa.Column('last_uid', sa.BigInteger(), nullable=False),
+    sa.Column('baseline_uid', sa.BigInteger(), nullable=True),
+    sa.Column('baseline_mode', sa.String(length=16), nullable=True),
+    sa.Column('watching_since', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_ok_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('account', name=op.f('pk_imap_cursors'))
+    )
     op.create_table('tickets',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('number', sa.Integer(), nullable=False),
     sa.Column('tenant_id', sa.String(length=64), nullable=True),
     sa.Column('priority', sa.String(length=1), nullable=False),
+    sa.Column('severity', sa.String(length=10), nullable=False),
     sa.Column('queue', sa.String(length=64), nullable=True),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
@@ -35,6 +47,7 @@ def upgrade() -> None:
     sa.Column('sender_name', sa.String(length=320), nullable=True),
     sa.Column('cc', sa.JSON(), nullable=False),
     sa.Column('fields', sa.JSON(), nullable=False),
+    sa.Column('fields_raw', sa.JSON(), nullable=False),
     sa.Column('missing_fields', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
@@ -86,6 +99,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('ticket_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ticket_events_ticket_id'), ['ticket_id'], unique=False)
+
+    op.create_table('imap_messages',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('account', sa.String(length=64), nullable=False),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=False),
+    sa.Column('uid', sa.BigInteger(), nullable=False),
+    sa.Column('inbound_id', sa.Integer(), nullable=True),
+    sa.Column('message_id', sa.String(length=998), nullable=True),
+    sa.Column('size', sa.BigInteger(), nullable=True),
+    sa.Column('server_state', sa.String(length=16), nullable=False),
+    sa.Column('stored_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('settled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['inbound_id'], ['inbound.id'], name=op.f('fk_imap_messages_inbound_id_inbound')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_imap_messages')),
+    sa.UniqueConstraint('account', 'uidvalidity', 'uid', name=op.f('uq_imap_messages_account'))
+    )
+    with op.batch_alter_table('imap_messages', schema=None) as batch_op:
+        batch_op.create_index('ix_imap_messages_account_state', ['account', 'server_state'], unique=False)
+        batch_op.create_index(batch_op.f('ix_imap_messages_inbound_id'), ['inbound_id'], unique=False)
 
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -169,6 +201,11 @@ def downgrade() -> None:
         batch_op.drop_index('ix_outbox_state_next')
 
     op.drop_table('outbox')
+    with op.batch_alter_table('imap_messages', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_imap_messages_inbound_id'))
+        batch_op.drop_index('ix_imap_messages_account_state')
+
+    op.drop_table('imap_messages')
     with op.batch_alter_table('ticket_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ticket_events_ticket_id'))
 
@@ -186,5 +223,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_tickets_sender'))
 
     op.drop_table('tickets')
+    op.drop_table('imap_cursors')
     op.drop_table('counters')
     # ### end Alembic commands ###

@@ -39,6 +39,8 @@ class MailContext:
     fields_raw: dict[str, str] = field(default_factory=dict)
     missing_fields: list[str] = field(default_factory=list)
     severity: str | None = None
+    secret_kinds: list[str] = field(default_factory=list)
+    fields_completed: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property

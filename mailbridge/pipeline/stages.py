@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import timedelta
 from typing import Protocol
@@ -12,11 +13,18 @@ from mailbridge import metrics
 from mailbridge.outbound.outbox import OutboxMail, enqueue
 from mailbridge.outbound.render import Draft
 from mailbridge.parse.classify import classify
+from mailbridge.parse.encryption import is_encrypted
+from mailbridge.parse.quotes import strip_quotes
+from mailbridge.parse.secrets import redact_secrets
+from mailbridge.parse.template import extract_fields
 from mailbridge.pipeline.context import MailContext, Outcome
+from mailbridge.pipeline.redact import redact_raw
+from mailbridge.tickets.evidence import store_evidence
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_INCOMPLETE,
     STATUS_OPEN,
+    Attachment,
     Ticket,
     TicketEvent,
     TicketMessage,
@@ -125,8 +133,52 @@ class Route:
             ctx.tenant_id = ctx.tenant.id
         if ctx.rules.is_staff(ctx.sender):
             ctx.sender_role = "staff"
-        ctx.body = ctx.mail.text
         return None
+
+
+class Redact:
+    name = "redact"
+    description = "Keep only the new text of a reply; take secrets out of what we store"
+
+    def run(self, ctx: MailContext) -> Outcome | None:
+        text = ctx.mail.text
+        if ctx.ticket is not None:
+            text = strip_quotes(text)
+        ctx.body, ctx.secret_kinds = redact_secrets(text)
+        if ctx.secret_kinds:
+            # The archived raw copy must not keep what the stored text dropped.
+            ctx.inbound.raw, _ = redact_raw(ctx.inbound.raw)
+        return None
+
+
+class RefuseEncrypted:
+    name = "encrypted"
+    description = "An encrypted opening mail is answered, not opened (seed 004)"
+
+    def run(self, ctx: MailContext) -> Outcome | None:
+        if ctx.ticket is not None or not is_encrypted(ctx.mail.message):
+            return None
+        if ctx.may_auto_reply:
+            desk = ctx.rules.desk
+            enqueue(
+                ctx.session,
+                Draft(
+                    template="encrypted.txt.j2",
+                    context={"desk": desk, "customer_name": ctx.mail.from_name,
+                             "subject": ctx.mail.subject},
+                    to=[ctx.sender],
+                    subject=f"No podemos leer su mensaje cifrado: {ctx.mail.subject}"[:200],
+                    from_address=desk.from_address,
+                    from_name=desk.from_name,
+                    in_reply_to=ctx.mail.message_id,
+                    references=ctx.mail.references,
+                ),
+                kind="encrypted",
+                ticket_id=None,
+                inbound_id=ctx.inbound.id,
+                trigger_received_at=ctx.inbound.received_at,
+            )
+        return Outcome("refused:encrypted", "S/MIME or PGP opening mail")
 
 
 class Validate:
@@ -134,6 +186,25 @@ class Validate:
     description = "Read the opening template's fields; list what is missing"
 
     def run(self, ctx: MailContext) -> Outcome | None:
+        specs = ctx.rules.template.fields
+        zone = ctx.tenant.zone if ctx.tenant is not None else None
+        if ctx.ticket is None:
+            found = extract_fields(ctx.body, specs, default_zone=zone, reference=ctx.mail.date)
+            ctx.fields, ctx.fields_raw = found.values, found.raw
+            ctx.missing_fields, ctx.severity = found.missing, found.severity
+            return None
+        ticket = ctx.ticket
+        if ticket.missing_fields and ctx.sender_role == "customer":
+            # Fields sent later in a reply complete the case.
+            found = extract_fields(ctx.body, specs, default_zone=zone, reference=ctx.mail.date)
+            if found.values:
+                ticket.fields = {**ticket.fields, **found.values}
+                ticket.fields_raw = {**(ticket.fields_raw or {}), **found.raw}
+                still = [k for k in ticket.missing_fields if k not in ticket.fields]
+                ctx.fields_completed = not still
+                ticket.missing_fields = still
+                if not still and ticket.status == STATUS_INCOMPLETE:
+                    ticket.status = STATUS_OPEN
         return None
 
 
@@ -156,6 +227,7 @@ class Apply:
             number=next_case_number(ctx.session),
             tenant_id=ctx.tenant_id,
             priority=priority,
+            severity=ctx.severity or _priority_severity(ctx, priority),
             queue=queue,
             status=STATUS_INCOMPLETE if ctx.missing_fields else STATUS_OPEN,
             subject=ctx.mail.subject,
@@ -163,6 +235,7 @@ class Apply:
             sender_name=ctx.mail.from_name or None,
             cc=_case_cc(ctx),
             fields=ctx.fields,
+            fields_raw=ctx.fields_raw,
             missing_fields=ctx.missing_fields,
             created_at=ctx.now,
             updated_at=ctx.now,
@@ -175,6 +248,7 @@ class Apply:
         ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="created", at=ctx.now, data={
             "priority": priority, "tenant_id": ctx.tenant_id, "inbound_id": ctx.inbound.id,
         }))
+        _record_secrets(ctx, ticket)
         if ctx.may_auto_reply:
             self._queue_ack(ctx, ticket)
         metrics.TICKETS_CREATED.labels(priority=priority).inc()
@@ -191,7 +265,8 @@ class Apply:
                 "priority_label": level.label,
                 "tenant": ctx.tenant,
                 "customer_name": ctx.mail.from_name,
-                "missing_fields": ticket.missing_fields,
+                "missing": [ctx.rules.template.label(k) for k in ticket.missing_fields],
+                "secret_kinds": ctx.secret_kinds,
             },
             to=[ticket.sender],
             cc=ticket.cc,
@@ -214,12 +289,50 @@ class Apply:
     def _add_to_case(self, ctx: MailContext, ticket: Ticket) -> Outcome:
         _record_message(ctx, ticket)
         ticket.updated_at = ctx.now
+        _record_secrets(ctx, ticket)
+        if ctx.may_auto_reply and (ctx.secret_kinds or ctx.fields_completed):
+            _queue_case_notice(ctx, ticket)
         for addr in _case_cc(ctx):
             if addr not in ticket.cc and addr != ticket.sender:
                 ticket.cc = [*ticket.cc, addr]
         if ticket.status == STATUS_CLOSED:
             return Outcome("reply:closed-case", f"case {ticket.number}")
         return Outcome("reply", f"case {ticket.number} by {ctx.threaded_by}")
+
+
+def _priority_severity(ctx: MailContext, priority: str) -> str:
+    level = ctx.rules.priorities.get(priority)  # type: ignore[call-overload]
+    return level.severity if level is not None else "MEDIA"
+
+
+def _record_secrets(ctx: MailContext, ticket: Ticket) -> None:
+    if ctx.secret_kinds:
+        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="secrets_redacted", at=ctx.now,
+                                    data={"kinds": ctx.secret_kinds}))
+
+
+def _queue_case_notice(ctx: MailContext, ticket: Ticket) -> None:
+    """A short mail on an existing case: secrets removed, or the case is now complete."""
+    desk = ctx.rules.desk
+    enqueue(
+        ctx.session,
+        Draft(
+            template="case_notice.txt.j2",
+            context={"ticket": ticket, "desk": desk, "customer_name": ctx.mail.from_name,
+                     "secret_kinds": ctx.secret_kinds, "fields_completed": ctx.fields_completed},
+            to=[ctx.sender],
+            subject=case_subject(desk.case_token, ticket.number, ticket.subject),
+            from_address=desk.from_address,
+            from_name=desk.from_name,
+            reply_to=_case_reply_to(desk.from_address, ticket.number),
+            in_reply_to=ctx.mail.message_id,
+            references=ctx.mail.references,
+        ),
+        kind="notice",
+        ticket_id=ticket.id,
+        inbound_id=ctx.inbound.id,
+        trigger_received_at=ctx.inbound.received_at,
+    )
 
 
 def _case_reply_to(from_address: str, number: int) -> str:
@@ -253,9 +366,36 @@ def _record_message(ctx: MailContext, ticket: Ticket) -> TicketMessage:
     )
     ctx.session.add(message)
     ctx.session.flush()
+    _record_attachments(ctx, ticket, message)
     return message
 
 
+def _record_attachments(ctx: MailContext, ticket: Ticket, message: TicketMessage) -> None:
+    """Evidence on disk by content hash; over the limit it is listed but not kept apart."""
+    limit = ctx.settings.max_attachment_size
+    for item in ctx.mail.attachments:
+        size = len(item.payload)
+        stored = size <= limit
+        digest = (
+            store_evidence(ctx.settings.evidence_dir, item.payload)
+            if stored
+            else hashlib.sha256(item.payload).hexdigest()
+        )
+        ctx.session.add(Attachment(
+            ticket_id=ticket.id, message_pk=message.id, filename=item.filename[:255],
+            content_type=item.content_type[:255], size=size, sha256=digest, stored=stored,
+        ))
+
+
 # The pipeline, in order. A stage returning an Outcome ends the trip there.
-STAGES: list[Stage] = [Classify(), Deduplicate(), Thread(), Route(), Validate(), Apply()]
+STAGES: list[Stage] = [
+    Classify(),
+    Deduplicate(),
+    Thread(),
+    Route(),
+    Redact(),
+    RefuseEncrypted(),
+    Validate(),
+    Apply(),
+]
 

@@ -20,6 +20,7 @@ def ticket_summary(ticket: Ticket) -> dict[str, Any]:
         "number": ticket.number,
         "tenant_id": ticket.tenant_id,
         "priority": ticket.priority,
+        "severity": ticket.severity,
         "status": ticket.status,
         "subject": ticket.subject,
         "sender": ticket.sender,
@@ -39,6 +40,7 @@ def ticket_json(session: Session, ticket: Ticket) -> dict[str, Any]:
         "sender_name": ticket.sender_name,
         "cc": list(ticket.cc or []),
         "fields": dict(ticket.fields or {}),
+        "fields_raw": dict(ticket.fields_raw or {}),
         "missing_fields": list(ticket.missing_fields or []),
         "attachments": [a.filename for a in ticket.attachments],
         "attachment_details": [

@@ -132,12 +132,31 @@ class Daemon:
         raise AssertionError(f"case {number} never appeared: {self.log_tail()}")
 
 
+COMPLETE_BODY = """Buenos días:
+
+Explicación detallada del incidente: desde las 8:00 los usuarios no reciben correos
+externos; los internos sí llegan.
+Fecha y hora de la detección del incidente: 12/03/2026 08:15 hora Colombia
+Evidencias: adjunto el registro del servidor.
+Nombre del Cliente: Compensar
+País/Región del Cliente: Colombia
+Impacto a la Operación del Cliente: 300 agentes sin correo externo.
+Justificación de la Urgencia: campaña de cobranza en curso.
+Producto(s) Involucrado(s): EMAIL, INBOUND
+Redes sociales involucradas: ninguna
+Datos de Contacto del LCCD responsable del caso: Ana Gómez – ana@compensar.example – +57 300 123 4567
+
+Saludos,
+Ana
+"""
+
+
 def opening_mail(
     *,
     sender: str = "ana@compensar.example",
     to: str = "soporte-a@mesa.example",
     subject: str = "TEN-1001 Caída del servicio de correo",
-    body: str = "Explicación detallada del incidente: no llegan los correos desde las 8:00.\n",
+    body: str = COMPLETE_BODY,
     message_id: str | None = None,
     **headers: str,
 ) -> EmailMessage:
