@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
@@ -110,11 +111,22 @@ class BounceInfo:
 # --- detection (used by classify) --------------------------------------------------------------
 
 
-def _header(message: Message, name: str) -> str:
+def decoded_header(message: Message, name: str) -> str:
+    """A header as text: RFC 2047 words decoded, whitespace folded; "" if unreadable."""
     try:
-        return str(message.get(name, "") or "")
+        value = message.get(name, "")
+        if value is None:
+            return ""
+        try:
+            text = str(make_header(decode_header(str(value))))
+        except Exception:  # undecodable words: keep them as they are
+            text = str(value)
+        return re.sub(r"\s+", " ", text).strip()
     except Exception:
         return ""
+
+
+_header = decoded_header
 
 
 def content_type(message: Message) -> str:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
 
-from mailbridge.parse.bounces import bounce_reason, content_type, part_types, report_type, text_of
+from mailbridge.parse.bounces import (
+    bounce_reason,
+    content_type,
+    decoded_header,
+    part_types,
+    report_type,
+    text_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +54,17 @@ _OUT_OF_OFFICE_SUBJECT_RE = re.compile(
     r"odpowied[zź] automatyczna|autosvar|frånvaro",
     re.IGNORECASE,
 )
+# First-person absence notes: a customer describing a problem "fuera de la oficina" is
+# not one of them.
 _OUT_OF_OFFICE_BODY_RE = re.compile(
-    r"fuera de (?:la )?oficina|estar[ée] ausente|me encuentro (?:fuera|ausente|de vacaciones)|"
-    r"de vacaciones|sin acceso al correo|regresar[ée]|volver[ée]|respuesta autom[aá]tica|"
-    r"out of (?:the )?office|i am (?:currently )?(?:away|out|on (?:vacation|leave|holiday))|"
-    r"i will be (?:back|out|away)|limited access to (?:my )?e-?mail|automatic reply|"
-    r"will return|abwesend|urlop|nicht im b[üu]ro",
+    r"estar[ée] (?:fuera|ausente|de vacaciones)|me encuentro (?:fuera|ausente|de vacaciones)|"
+    r"estoy (?:fuera de la oficina|ausente|de vacaciones|de viaje)|regresar[ée] el|volver[ée] el|"
+    r"sin acceso al correo|acceso limitado al correo|responder[ée] (?:a (?:mi|la) vuelta|"
+    r"cuando regrese)|"
+    r"i am (?:currently )?(?:away|out of (?:the )?office|on (?:vacation|leave|holiday))|"
+    r"i(?: will|'ll) be (?:back|out of|away)|limited access to (?:my )?e-?mail|"
+    r"i will (?:return|respond) (?:on|when)|ich bin (?:bis|vom|ab)|abwesend|"
+    r"przebywam na urlopie|je suis absent",
     re.IGNORECASE,
 )
 _RECEIPT_SUBJECT_RE = re.compile(
@@ -83,10 +95,7 @@ _LIST_HEADERS = (
 
 
 def _header(message: Message, name: str) -> str:
-    try:
-        return re.sub(r"\s+", " ", str(message.get(name, "") or "")).strip()
-    except Exception:
-        return ""
+    return decoded_header(message, name)
 
 
 def _all_headers(message: Message, name: str) -> list[str]:
