@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from imapclient import IMAPClient
-from imapclient.exceptions import CapabilityError, IMAPClientError, LoginError
+from imapclient.exceptions import (
+    CapabilityError,
+    IMAPClientAbortError,
+    IMAPClientError,
+    LoginError,
+)
 from prometheus_client import Counter, Gauge
 from sqlalchemy import (
     BigInteger,
@@ -261,6 +266,8 @@ class ImapPoller:
         self._state = ImapPollerState(account=account.name)
         self._folder_ready = False
         self._selected: tuple[int, int] = (0, 0)  # (UIDVALIDITY, UIDNEXT) at the last sync
+        self._secrets: list[str] = []  # what the last login used, scrubbed from messages
+        self._cycle_problem: str | None = None
         self._extra = {"account": account.name}
 
     # -- public ------------------------------------------------------------------------
@@ -280,10 +287,14 @@ class ImapPoller:
         self._set_state(running=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Ask the loop to finish (it logs out); True when the thread has ended."""
+    def request_stop(self) -> None:
+        """Ask the loop to finish without waiting (see stop())."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the loop to finish (it logs out); True when the thread has ended."""
+        self.request_stop()
         if self._thread is None:
             return True
         self._thread.join(timeout)
@@ -408,6 +419,10 @@ class ImapPoller:
             timeout=account.timeout,
         )
         client.normalise_times = False  # aware INTERNALDATEs, in the server's offset
+        # imapclient turns imaplib's protocol trace on (debug=5): every response is
+        # repr()-formatted before the logger decides to drop it, which triples the
+        # memory a big FETCH takes and would put mail bodies in DEBUG logs.
+        client._imap.debug = 0
         try:
             if security == "starttls":
                 # Raises CapabilityError when the server has no STARTTLS: never
@@ -426,29 +441,34 @@ class ImapPoller:
         try:
             if account.uses_oauth:
                 token = account.fetch_oauth_token()
+                self._secrets = [token]
                 client.oauth2_login(account.username, token)
             else:
-                client.login(account.username, account.resolve_password())
+                password = account.resolve_password()
+                self._secrets = [password]
+                client.login(account.username, password)
         except (CredentialError, LoginError) as exc:
             self._set_state(auth_failed=True)
             IMAP_AUTH_FAILED.labels(account.name).set(1)
-            what = "oauth token refresh" if account.uses_oauth else "login"
-            log.error(
-                f"imap {what} failed",
-                extra={**self._extra, "error": self._scrub(str(exc))},
-            )
+            error = self._scrub(str(exc))
+            if account.uses_oauth:
+                log.error("imap oauth token refresh failed", extra={**self._extra, "error": error})
+            else:
+                log.error("imap login failed", extra={**self._extra, "error": error})
             raise
         self._set_state(auth_failed=False)
         IMAP_AUTH_FAILED.labels(account.name).set(0)
 
     # -- one cycle ---------------------------------------------------------------------
     def _cycle(self, client: IMAPClient) -> PollResult:
+        self._cycle_problem: str | None = None
         uidvalidity, result = self._sync(client)
         result += self._settle(client, uidvalidity)
         now = utcnow()
-        self._set_state(last_ok_at=now, last_error=None)
+        # Intake worked; a settle refusal stays visible until a clean cycle.
+        self._set_state(last_ok_at=now, last_error=self._cycle_problem)
         IMAP_LAST_OK.labels(self.account.name).set(now.timestamp())
-        self._save_cursor_status(ok_at=now, error=None)
+        self._save_cursor_status(ok_at=now, error=self._cycle_problem)
         return result
 
     def _select(self, client: IMAPClient) -> tuple[int, int]:
@@ -793,16 +813,19 @@ class ImapPoller:
             (row_id, uid) for row_id, uid, _srv, state in rows if state == STATE_QUARANTINED
         ]
         flag = self.account.quarantine_flag
-        if to_unflag:
-            client.remove_flags(to_unflag, [flag], silent=True)
+        with self._server_refusal("remove the quarantine flag"):
+            if to_unflag:
+                client.remove_flags(to_unflag, [flag], silent=True)
         for chunk in _chunks(to_move, SETTLE_CHUNK):
-            self._move(client, [uid for _id, uid in chunk])
-            self._mark([row_id for row_id, _uid in chunk], SERVER_MOVED)
-            result.moved += len(chunk)
+            with self._server_refusal("move to " + self.account.processed_folder):
+                self._move(client, [uid for _id, uid in chunk])
+                self._mark([row_id for row_id, _uid in chunk], SERVER_MOVED)
+                result.moved += len(chunk)
         for chunk in _chunks(to_flag, SETTLE_CHUNK):
-            client.add_flags([uid for _id, uid in chunk], [flag], silent=True)
-            self._mark([row_id for row_id, _uid in chunk], SERVER_FLAGGED)
-            result.flagged += len(chunk)
+            with self._server_refusal("add the quarantine flag"):
+                client.add_flags([uid for _id, uid in chunk], [flag], silent=True)
+                self._mark([row_id for row_id, _uid in chunk], SERVER_FLAGGED)
+                result.flagged += len(chunk)
         for _id, uid, _srv, state in rows:
             log.info(
                 "imap message moved" if state == STATE_DONE else "imap message flagged",
@@ -814,6 +837,21 @@ class ImapPoller:
         if result.flagged:
             IMAP_MESSAGES.labels(self.account.name, "flagged").inc(result.flagged)
         return result
+
+    @contextmanager
+    def _server_refusal(self, what: str) -> Iterator[None]:
+        """A NO/BAD while settling is logged and retried next cycle; it must not
+        stop intake. A dead connection (abort) still propagates."""
+        try:
+            yield
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError as exc:
+            message = self._scrub(f"could not {what}: {exc}")
+            self._cycle_problem = message
+            self._set_state(last_error=message, last_error_at=utcnow())
+            IMAP_ERRORS.labels(self.account.name, "settle").inc()
+            log.error("imap settle refused", extra={**self._extra, "error": message})
 
     def _ensure_processed_folder(self, client: IMAPClient) -> None:
         if self._folder_ready:
@@ -872,9 +910,9 @@ class ImapPoller:
             self._state = replace(self._state, **changes)
 
     def _scrub(self, text: str) -> str:
-        secret = self.account.password
-        if secret is not None and secret.get_secret_value():
-            text = text.replace(secret.get_secret_value(), "**********")
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "**********")
         return text[:500]
 
     def _record_error(self, exc: BaseException) -> None:
@@ -934,8 +972,7 @@ class ImapPollers:
 
     def stop(self, timeout: float = 10.0) -> bool:
         for poller in self.pollers:
-            poller._stop.set()
-            poller._wake.set()
+            poller.request_stop()
         deadline = time.monotonic() + timeout
         ok = True
         for poller in self.pollers:

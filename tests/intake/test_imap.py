@@ -659,3 +659,19 @@ def test_load_accounts_errors_name_their_place(tmp_path: Path) -> None:
     with pytest.raises(ImapConfigError, match=r"x\.yaml"):
         load_imap_accounts(path=tmp_path / "x.yaml")
 
+
+
+def test_a_refused_move_does_not_stop_intake(
+    imap_server: DovecotServer, imap_db: Database, make_account: MakeAccount
+) -> None:
+    imap_server.append(mail(1))
+    poller = ImapPoller(make_account(processed_folder="Procesados-" + "x" * 300), imap_db)
+    poller.poll_once()
+    finish(imap_db, STATE_DONE)
+    imap_server.append(mail(2))
+
+    result = poller.poll_once()  # the server refuses the folder: logged, not raised
+
+    assert (result.stored, result.moved) == (1, 0)
+    assert poller.state.last_error is not None and "could not move" in poller.state.last_error
+    assert imap_rows(imap_db)[0].server_state == SERVER_STORED  # retried next cycle
