@@ -187,6 +187,15 @@ def _is_daemon_from(message: Message) -> bool:
     return bool((local and _DAEMON_LOCAL_RE.match(local)) or _DAEMON_NAME_RE.search(name or ""))
 
 
+def _is_mail_system_from(message: Message) -> bool:
+    """From MAILER-DAEMON / "Mail Delivery System": never a person (postmaster can be)."""
+    name, address = parseaddr(_header(message, "From"))
+    local = (address.split("@", 1)[0] if address else "").lower()
+    if local and _DAEMON_LOCAL_RE.match(local) and "postmaster" not in local.replace("_", ""):
+        return True
+    return bool(_DAEMON_NAME_RE.search(name or "")) and "postmaster" not in (name or "").lower()
+
+
 def is_daemon_sender(message: Message, envelope_sender: str | None = None) -> bool:
     """Null reverse path, or MAILER-DAEMON/postmaster as the sender."""
     return is_null_or_daemon_path(message, envelope_sender) or _is_daemon_from(message)
@@ -294,9 +303,11 @@ def bounce_reason(message: Message, envelope_sender: str | None = None) -> str |
     if (named_daemon or null_sender) and (subject_hit or _header(message, "X-Failed-Recipients")):
         return "delivery report from MAILER-DAEMON/postmaster"
     body = text_of(message, 20_000)
-    if named_daemon and BOUNCE_BODY_RE.search(body):
-        return "DSN-like text from MAILER-DAEMON/postmaster"
     strong = _strong_body_signs(body)
+    if named_daemon and BOUNCE_BODY_RE.search(body):
+        # A postmaster may be a person writing to the desk; a mail system is not.
+        if _is_mail_system_from(message) or strong >= 2:
+            return "DSN-like text from MAILER-DAEMON/postmaster"
     if null_sender and strong >= 2:
         return "DSN-like text from the null sender"
     if subject_hit and strong >= 2:
