@@ -9,8 +9,10 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 # mail-parser-reply is tried first; its header patterns cover clients we have no rule for.
-# Past this size its regexes get slow and our own line rules are enough.
-_LIBRARY_MAX_CHARS = 60_000
+# Its regexes backtrack badly on long lines ("On On On …" costs seconds), so it only sees
+# the head of the text with long lines blanked: no quote header is that long.
+_LIBRARY_MAX_CHARS = 20_000
+_LIBRARY_MAX_LINE = 300
 _LIBRARY_LANGUAGES = ["es", "en", "de", "fr", "it", "nl", "pl"]
 
 _QUOTE_PREFIX_RE = re.compile(r"^[ \t]*(?:>[ \t]?)+")
@@ -250,12 +252,14 @@ def _quote_block_end(lines: list[str], start: int) -> int:
 
 def _library_split_line(text: str, lines: list[str]) -> int | None:
     """First line where mail-parser-reply sees an earlier message begin, if it sees one."""
-    if len(text) > _LIBRARY_MAX_CHARS:
-        return None
+    head = "\n".join(
+        "" if len(line) > _LIBRARY_MAX_LINE else line
+        for line in text[:_LIBRARY_MAX_CHARS].split("\n")
+    )
     try:
         from mailparser_reply import EmailReplyParser
 
-        parsed = EmailReplyParser(languages=list(_LIBRARY_LANGUAGES)).read(text)
+        parsed = EmailReplyParser(languages=list(_LIBRARY_LANGUAGES)).read(head)
         headers = [reply.headers for reply in parsed.replies if reply.headers]
     except Exception:  # the library is a helper here; our own rules still run
         log.debug("mail-parser-reply failed", exc_info=True)
