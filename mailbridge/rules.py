@@ -36,6 +36,11 @@ class Desk(_Strict):
     from_name: str = "Mesa de Soporte"
     case_token: str = "Caso"
     shared_mailboxes: list[str] = Field(default_factory=list)
+    # At most this many automatic mails to one address per hour (RFC 3834 §2).
+    auto_reply_limit_per_hour: int = Field(default=5, ge=1)
+    # A new mail whose subject matches an open case of the same tenant within
+    # this window is linked to that case (seed 004: one subject per case).
+    duplicate_window_hours: float = Field(default=72, ge=0)
 
     _addr = field_validator("from_address")(_check_email)
 
@@ -218,6 +223,26 @@ class Rules(_Strict):
     def is_staff(self, address: str) -> bool:
         domain = address.rsplit("@", 1)[-1].lower()
         return domain in self.desk.staff_domains
+
+    def is_shared_mailbox(self, address: str) -> bool:
+        local = address.split("@", 1)[0].lower().split("+", 1)[0]
+        return local in self.desk.shared_mailboxes
+
+    @cached_property
+    def _contact_map(self) -> dict[str, list[Tenant]]:
+        out: dict[str, list[Tenant]] = {}
+        for tenant in self.tenants:
+            for contact in tenant.contacts:
+                out.setdefault(contact, []).append(tenant)
+        return out
+
+    def tenants_of_contact(self, address: str) -> list[Tenant]:
+        """The tenants for which this address is a registered contact."""
+        return self._contact_map.get(address.strip().lower(), [])
+
+    @cached_property
+    def own_addresses(self) -> frozenset[str]:
+        return frozenset({self.desk.from_address, *(a.address for a in self.addresses)})
 
 
 class _PlacedError(ValueError):

@@ -39,6 +39,8 @@ class Ticket(Base):
     queue: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20), index=True)
     subject: Mapped[str] = mapped_column(Text)
+    # The subject as the case is known by (no Re:/token, folded): finds look-alikes.
+    subject_key: Mapped[str] = mapped_column(String(255), default="", index=True)
     sender: Mapped[str] = mapped_column(String(320), index=True)
     sender_name: Mapped[str | None] = mapped_column(String(320))
     cc: Mapped[list[Any]] = mapped_column(default=list)
@@ -49,6 +51,8 @@ class Ticket(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ack_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     messages: Mapped[list[TicketMessage]] = relationship(
         back_populates="ticket", order_by="TicketMessage.id", cascade="all, delete-orphan"
@@ -112,4 +116,29 @@ class TicketEvent(Base):
     ticket: Mapped[Ticket] = relationship(back_populates="events")
 
 
+class AutoReply(Base):
+    """One automatic mail to one address: the rate limit counts these (RFC 3834)."""
+
+    __tablename__ = "auto_replies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(40))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AddressStatus(Base):
+    """What bounces told us about an address; a hard bounce stops automatic mail to it."""
+
+    __tablename__ = "address_status"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    bounces: Mapped[int] = mapped_column(default=0)
+    hard: Mapped[bool] = mapped_column(default=False)
+    last_status: Mapped[str | None] = mapped_column(String(16))
+    last_reason: Mapped[str | None] = mapped_column(Text)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 Index("ix_tickets_tenant_status", Ticket.tenant_id, Ticket.status)
+Index("ix_auto_replies_address_at", AutoReply.address, AutoReply.at)

@@ -122,6 +122,27 @@ class Daemon:
         with self.smtp() as client:
             client.send_message(msg, to_addrs=rcpt)
 
+    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """Read the daemon's SQLite database directly (tests only)."""
+        import sqlite3
+
+        with sqlite3.connect(self.data_dir / "mailbridge.db", timeout=30) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def settle(self, timeout: float = 20.0) -> None:
+        """Wait until every stored mail is processed and nothing due waits in the outbox."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            waiting = self.query("SELECT count(*) FROM inbound WHERE state = 'new'")[0][0]
+            pending = self.query("SELECT count(*) FROM outbox WHERE state = 'pending'")[0][0]
+            if not waiting and not pending:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"daemon did not settle in {timeout}s: {self.log_tail()}")
+
+    def outcomes(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT outcome FROM inbound ORDER BY id")]
+
     def wait_ticket(self, number: int, timeout: float = 15.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

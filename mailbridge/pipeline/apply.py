@@ -1,0 +1,196 @@
+"""The last stage: open the case or add the message, and queue every mail we owe."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from mailbridge import metrics
+from mailbridge.parse.replies import normalise_subject
+from mailbridge.pipeline.commands import apply_commands, command_help
+from mailbridge.pipeline.context import ROLE_STAFF, MailContext, Outcome
+from mailbridge.pipeline.mailing import queue_auto_reply, queue_case_update
+from mailbridge.pipeline.thread import find_look_alike
+from mailbridge.tickets.evidence import store_evidence
+from mailbridge.tickets.models import (
+    STATUS_CLOSED,
+    STATUS_INCOMPLETE,
+    STATUS_OPEN,
+    Attachment,
+    Ticket,
+    TicketEvent,
+    TicketMessage,
+)
+from mailbridge.tickets.numbering import next_case_number
+
+
+class Apply:
+    name = "apply"
+    description = "Create the case or add the message; queue the mail we owe"
+
+    def run(self, ctx: MailContext) -> Outcome:
+        if ctx.ticket is not None:
+            return self._add_to_case(ctx, ctx.ticket)
+        subject_key = normalise_subject(ctx.mail.subject, ctx.rules.desk.case_token)[:255]
+        existing = find_look_alike(ctx, subject_key)
+        if existing is not None:
+            return self._link_look_alike(ctx, existing)
+        return self._open_case(ctx, subject_key)
+
+    # -- a new case ------------------------------------------------------------
+    def _open_case(self, ctx: MailContext, subject_key: str) -> Outcome:
+        if ctx.support_address is None:
+            # Only reached through our own plus-address with an unknown case number.
+            priority, queue = "B", None
+        else:
+            priority, queue = ctx.support_address.priority, ctx.support_address.queue
+        ticket = Ticket(
+            number=next_case_number(ctx.session),
+            tenant_id=ctx.tenant_id,
+            priority=priority,
+            severity=ctx.severity or _priority_severity(ctx, priority),
+            queue=queue,
+            status=STATUS_INCOMPLETE if ctx.missing_fields else STATUS_OPEN,
+            subject=ctx.mail.subject,
+            subject_key=subject_key,
+            sender=ctx.sender,
+            sender_name=ctx.mail.from_name or None,
+            cc=_new_cc(ctx, []),
+            fields=ctx.fields,
+            fields_raw=ctx.fields_raw,
+            missing_fields=ctx.missing_fields,
+            created_at=ctx.now,
+            updated_at=ctx.now,
+            ack_due_at=ctx.inbound.received_at + timedelta(seconds=ctx.settings.ack_deadline),
+        )
+        ctx.session.add(ticket)
+        ctx.session.flush()
+        ctx.ticket = ticket
+        record_message(ctx, ticket)
+        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="created", at=ctx.now, data={
+            "priority": priority, "tenant_id": ctx.tenant_id, "inbound_id": ctx.inbound.id,
+        }))
+        _record_secrets(ctx, ticket)
+        level = ctx.rules.priorities[ticket.priority]  # type: ignore[index]
+        queue_auto_reply(
+            ctx, template="ack.txt.j2", kind="ack", ticket=ticket, cc=ticket.cc,
+            context={
+                "priority_label": level.label,
+                "tenant": ctx.tenant,
+                "missing": [ctx.rules.template.label(k) for k in ticket.missing_fields],
+                "secret_kinds": ctx.secret_kinds,
+            },
+        )
+        metrics.TICKETS_CREATED.labels(priority=priority).inc()
+        return Outcome("ticket", f"case {ticket.number}")
+
+    def _link_look_alike(self, ctx: MailContext, ticket: Ticket) -> Outcome:
+        """Seed 004: one subject per case. The mail joins the open case; the sender is told."""
+        ctx.ticket = ticket
+        record_message(ctx, ticket)
+        ticket.updated_at = ctx.now
+        ticket.cc = _new_cc(ctx, ticket.cc)
+        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="look_alike_linked", at=ctx.now,
+                                    data={"sender": ctx.sender, "message_id": ctx.mail.message_id}))
+        queue_auto_reply(ctx, template="look_alike.txt.j2", kind="look_alike", ticket=ticket,
+                         context={"subject": ctx.mail.subject})
+        return Outcome("reply:look-alike", f"case {ticket.number}")
+
+    # -- a message on an existing case -------------------------------------------
+    def _add_to_case(self, ctx: MailContext, ticket: Ticket) -> Outcome:
+        record_message(ctx, ticket)
+        ticket.updated_at = ctx.now
+        ticket.cc = _new_cc(ctx, ticket.cc)
+        _record_secrets(ctx, ticket)
+        if ticket.status == STATUS_CLOSED and ctx.sender_role != ROLE_STAFF:
+            return Outcome("reply:closed-case", f"case {ticket.number}")
+        if ctx.sender_role == ROLE_STAFF:
+            return self._staff_reply(ctx, ticket)
+        if ctx.secret_kinds or ctx.fields_completed:
+            queue_auto_reply(ctx, template="case_notice.txt.j2", kind="notice", ticket=ticket,
+                             context={"secret_kinds": ctx.secret_kinds,
+                                      "fields_completed": ctx.fields_completed})
+        return Outcome("reply", f"case {ticket.number} by {ctx.threaded_by}")
+
+    def _staff_reply(self, ctx: MailContext, ticket: Ticket) -> Outcome:
+        if ticket.first_response_at is None and ctx.body.strip():
+            ticket.first_response_at = ctx.now
+            ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="first_response", at=ctx.now,
+                                        data={"by": ctx.sender}))
+        results = apply_commands(ctx, ticket)
+        if results:
+            # Confirmed to the staff member only; rate limits do not apply to staff.
+            queue_case_update(
+                ctx, ticket, template="staff_commands.txt.j2", kind="command_confirmation",
+                context={"results": results, "valid": command_help()}, to=[ctx.sender],
+            )
+        customer_got_it = ticket.sender in {*ctx.mail.to, *ctx.mail.cc}
+        if ctx.body.strip() and not customer_got_it:
+            # Staff wrote only to the desk: relay the answer, commands stripped.
+            queue_case_update(
+                ctx, ticket, template="staff_answer.txt.j2", kind="staff_answer",
+                context={"body": ctx.body, "agent_name": ctx.mail.from_name},
+                to=[ticket.sender], cc=[c for c in ticket.cc if not ctx.rules.is_staff(c)],
+            )
+        return Outcome("reply:staff", f"case {ticket.number}, {len(results)} command(s)")
+
+
+def _priority_severity(ctx: MailContext, priority: str) -> str:
+    level = ctx.rules.priorities.get(priority)  # type: ignore[call-overload]
+    return level.severity if level is not None else "MEDIA"
+
+
+def _record_secrets(ctx: MailContext, ticket: Ticket) -> None:
+    if ctx.secret_kinds:
+        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="secrets_redacted", at=ctx.now,
+                                    data={"kinds": ctx.secret_kinds}))
+
+
+def _new_cc(ctx: MailContext, current: list[str]) -> list[str]:
+    """The case's CC list plus the people copied on this mail (not us, not staff)."""
+    rules = ctx.rules
+    out = list(current or [])
+    sender = ctx.ticket.sender if ctx.ticket is not None else ctx.sender
+    for addr in [*ctx.mail.to, *ctx.mail.cc]:
+        if addr in out or addr in (sender, ctx.sender):
+            continue
+        if rules.accepts_recipient(addr) or rules.is_staff(addr) or rules.is_shared_mailbox(addr):
+            continue
+        out.append(addr)
+    return out
+
+
+def record_message(ctx: MailContext, ticket: Ticket) -> TicketMessage:
+    message = TicketMessage(
+        ticket_id=ticket.id,
+        inbound_id=ctx.inbound.id,
+        direction="in",
+        author_role=ctx.sender_role,
+        message_id=ctx.mail.message_id,
+        in_reply_to=ctx.mail.in_reply_to,
+        sender=ctx.sender,
+        subject=ctx.mail.subject,
+        body=ctx.body,
+        created_at=ctx.now,
+    )
+    ctx.session.add(message)
+    ctx.session.flush()
+    _record_attachments(ctx, ticket, message)
+    return message
+
+
+def _record_attachments(ctx: MailContext, ticket: Ticket, message: TicketMessage) -> None:
+    """Evidence on disk by content hash; over the limit it is listed but not kept apart."""
+    limit = ctx.settings.max_attachment_size
+    for item in ctx.mail.attachments:
+        size = len(item.payload)
+        stored = size <= limit
+        digest = (
+            store_evidence(ctx.settings.evidence_dir, item.payload)
+            if stored
+            else hashlib.sha256(item.payload).hexdigest()
+        )
+        ctx.session.add(Attachment(
+            ticket_id=ticket.id, message_pk=message.id, filename=item.filename[:255],
+            content_type=item.content_type[:255], size=size, sha256=digest, stored=stored,
+        ))

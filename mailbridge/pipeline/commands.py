@@ -1,0 +1,93 @@
+"""Staff commands written on a line of their own in a reply: #estado, #prioridad, #escalar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailbridge.parse.replies import StaffCommand
+from mailbridge.pipeline.context import MailContext
+from mailbridge.tickets.models import (
+    STATUS_CLOSED,
+    STATUS_IN_PROGRESS,
+    STATUS_OPEN,
+    STATUS_RESOLVED,
+    Ticket,
+    TicketEvent,
+)
+
+SETTABLE_STATUSES = {
+    "abierto": STATUS_OPEN,
+    "en_progreso": STATUS_IN_PROGRESS,
+    "en-progreso": STATUS_IN_PROGRESS,
+    "progreso": STATUS_IN_PROGRESS,
+    "resuelto": STATUS_RESOLVED,
+    "cerrado": STATUS_CLOSED,
+}
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    line: str
+    ok: bool
+    message: str  # Spanish, for the staff member's confirmation
+
+
+Handler = Callable[[MailContext, Ticket, StaffCommand], CommandResult]
+
+
+def _estado(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
+    wanted = SETTABLE_STATUSES.get((cmd.args[0] if cmd.args else "").casefold())
+    if wanted is None:
+        return CommandResult(cmd.line, False, "estado desconocido; use: "
+                             + ", ".join(sorted({*SETTABLE_STATUSES.values()})))
+    old = ticket.status
+    ticket.status = wanted
+    if wanted == STATUS_CLOSED:
+        ticket.closed_at = ctx.now
+    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now,
+                                data={"from": old, "to": wanted, "by": ctx.sender}))
+    return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»")
+
+
+def _prioridad(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
+    wanted = (cmd.args[0] if cmd.args else "").upper()
+    if wanted not in ctx.rules.priorities:
+        return CommandResult(cmd.line, False, "prioridad desconocida; use A, B o C")
+    old = ticket.priority
+    ticket.priority = wanted
+    ticket.severity = ctx.rules.priorities[wanted].severity  # type: ignore[index]
+    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="priority", at=ctx.now,
+                                data={"from": old, "to": wanted, "by": ctx.sender}))
+    return CommandResult(cmd.line, True, f"prioridad cambiada de {old} a {wanted}")
+
+
+def _escalar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
+    target = (cmd.args[0] if cmd.args else "").casefold()
+    if not target:
+        return CommandResult(cmd.line, False, "indique a quién escalar, p. ej. «#escalar hibot»")
+    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="escalation_requested", at=ctx.now,
+                                data={"target": target, "by": ctx.sender}))
+    return CommandResult(cmd.line, True, f"escalamiento a «{target}» registrado")
+
+
+COMMANDS: dict[str, tuple[Handler, str]] = {
+    "estado": (_estado, "#estado abierto|en_progreso|resuelto|cerrado"),
+    "prioridad": (_prioridad, "#prioridad A|B|C"),
+    "escalar": (_escalar, "#escalar <destino>"),
+}
+
+
+def apply_commands(ctx: MailContext, ticket: Ticket) -> list[CommandResult]:
+    results = []
+    for cmd in ctx.commands:
+        entry = COMMANDS.get(cmd.name)
+        if entry is None:
+            results.append(CommandResult(cmd.line, False, "orden desconocida"))
+            continue
+        results.append(entry[0](ctx, ticket, cmd))
+    return results
+
+
+def command_help() -> list[str]:
+    return [usage for _handler, usage in COMMANDS.values()]

@@ -1,0 +1,110 @@
+"""Queueing the mail a stage owes, with the loop guards every automatic mail needs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from mailbridge.outbound.outbox import enqueue
+from mailbridge.outbound.render import Draft
+from mailbridge.pipeline.context import MailContext
+from mailbridge.tickets.models import AddressStatus, AutoReply, Ticket
+from mailbridge.tickets.numbering import case_subject
+
+log = logging.getLogger(__name__)
+
+
+def case_reply_to(from_address: str, number: int) -> str:
+    local, _, domain = from_address.partition("@")
+    return f"{local}+{number}@{domain}"
+
+
+def auto_reply_allowed(ctx: MailContext, address: str) -> bool:
+    """RFC 3834 rate limit per address, and never to an address that hard-bounced."""
+    status = ctx.session.get(AddressStatus, address)
+    if status is not None and status.hard:
+        log.info("no automatic mail to a hard-bounced address", extra={"rcpt": address})
+        return False
+    since = ctx.now - timedelta(hours=1)
+    sent = ctx.session.scalar(
+        select(func.count(AutoReply.id)).where(AutoReply.address == address, AutoReply.at >= since)
+    )
+    if (sent or 0) >= ctx.rules.desk.auto_reply_limit_per_hour:
+        log.warning("auto-reply rate limit reached", extra={"rcpt": address, "sent": sent})
+        return False
+    return True
+
+
+def queue_auto_reply(
+    ctx: MailContext,
+    *,
+    template: str,
+    kind: str,
+    context: dict[str, Any],
+    ticket: Ticket | None = None,
+    subject: str | None = None,
+    to: list[str] | None = None,
+    cc: list[str] | None = None,
+) -> bool:
+    """Queue an automatic answer to this mail's sender; False when a guard said no."""
+    if not ctx.may_auto_reply:
+        return False
+    recipients = to or [ctx.sender]
+    if not all(auto_reply_allowed(ctx, r) for r in recipients):
+        return False
+    desk = ctx.rules.desk
+    if subject is None:
+        subject = (
+            case_subject(desk.case_token, ticket.number, ticket.subject)
+            if ticket is not None
+            else ctx.mail.subject
+        )
+    draft = Draft(
+        template=template,
+        context={"desk": desk, "customer_name": ctx.mail.from_name, "ticket": ticket, **context},
+        to=recipients,
+        cc=cc or [],
+        subject=subject,
+        from_address=desk.from_address,
+        from_name=desk.from_name,
+        reply_to=case_reply_to(desk.from_address, ticket.number) if ticket is not None else None,
+        in_reply_to=ctx.mail.message_id,
+        references=ctx.mail.references,
+    )
+    enqueue(
+        ctx.session,
+        draft,
+        kind=kind,
+        ticket_id=ticket.id if ticket is not None else None,
+        inbound_id=ctx.inbound.id,
+        trigger_received_at=ctx.inbound.received_at,
+    )
+    for address in recipients:
+        ctx.session.add(AutoReply(address=address, kind=kind, at=ctx.now))
+    return True
+
+
+def queue_case_update(
+    ctx: MailContext, ticket: Ticket, *, template: str, kind: str, context: dict[str, Any],
+    to: list[str], cc: list[str] | None = None,
+) -> None:
+    """A mail on a case written by a person (a staff answer we relay): no rate limit."""
+    desk = ctx.rules.desk
+    draft = Draft(
+        template=template,
+        context={"desk": desk, "ticket": ticket, **context},
+        to=to,
+        cc=cc or [],
+        subject=case_subject(desk.case_token, ticket.number, ticket.subject),
+        from_address=desk.from_address,
+        from_name=desk.from_name,
+        reply_to=case_reply_to(desk.from_address, ticket.number),
+        in_reply_to=ctx.mail.message_id,
+        references=ctx.mail.references,
+        auto_submitted="no",
+    )
+    enqueue(ctx.session, draft, kind=kind, ticket_id=ticket.id, inbound_id=ctx.inbound.id,
+            trigger_received_at=ctx.inbound.received_at)

@@ -1,0 +1,84 @@
+"""Routing and senders: priority from the address, tenant, and who may open a case."""
+
+from __future__ import annotations
+
+from mailbridge.pipeline.context import (
+    ROLE_CUSTOMER,
+    ROLE_EXTERNAL,
+    ROLE_STAFF,
+    MailContext,
+    Outcome,
+)
+from mailbridge.pipeline.mailing import queue_auto_reply
+
+
+class Route:
+    name = "route"
+    description = "Recipient address → priority and queue; subject or case → tenant; sender → role"
+
+    def run(self, ctx: MailContext) -> Outcome | None:
+        rules = ctx.rules
+        delivered_to = [
+            ctx.mail.header(h).lower()
+            for h in ("Delivered-To", "X-Original-To")
+            if ctx.mail.header(h)
+        ]
+        # The envelope decides (the mail may list other addresses in To/Cc).
+        for rcpt in [*ctx.inbound.rcpt_tos, *delivered_to, *ctx.mail.to, *ctx.mail.cc]:
+            found = rules.support_address(rcpt)
+            if found is not None:
+                ctx.support_address = found
+                break
+        if ctx.ticket is not None:
+            ctx.tenant_id = ctx.ticket.tenant_id
+        else:
+            ctx.tenant_id = rules.find_tenant_id(ctx.mail.subject)
+        ctx.tenant = rules.tenant(ctx.tenant_id)
+        if ctx.tenant is not None:
+            ctx.tenant_id = ctx.tenant.id
+        if rules.is_staff(ctx.sender):
+            ctx.sender_role = ROLE_STAFF
+        return None
+
+
+class Senders:
+    name = "senders"
+    description = "Only registered contacts open cases; shared mailboxes and strangers are told"
+
+    def run(self, ctx: MailContext) -> Outcome | None:
+        rules = ctx.rules
+        sender = ctx.sender
+        if ctx.ticket is not None:
+            ticket = ctx.ticket
+            known = {ticket.sender, *(ticket.cc or [])}
+            if ctx.sender_role != ROLE_STAFF and sender not in known:
+                tenant_contacts = set(ctx.tenant.contacts) if ctx.tenant else set()
+                if sender not in tenant_contacts:
+                    ctx.sender_role = ROLE_EXTERNAL
+            return None
+        if ctx.sender_role == ROLE_STAFF:
+            # Staff open nothing by writing to a queue; they answer on a case thread.
+            queue_auto_reply(ctx, template="staff_without_case.txt.j2", kind="refusal",
+                             context={"subject": ctx.mail.subject},
+                             subject=f"Sin caso: {ctx.mail.subject}"[:200])
+            return Outcome("refused:staff-without-case", sender)
+        if rules.is_shared_mailbox(sender):
+            queue_auto_reply(ctx, template="shared_mailbox.txt.j2", kind="refusal",
+                             context={"subject": ctx.mail.subject, "sender": sender},
+                             subject=f"No hemos abierto un caso: {ctx.mail.subject}"[:200])
+            return Outcome("refused:shared-mailbox", sender)
+        tenants = rules.tenants_of_contact(sender)
+        if ctx.tenant is None and len(tenants) == 1:
+            # A registered contact who forgot the tenant ID: their tenant is known.
+            ctx.tenant, ctx.tenant_id = tenants[0], tenants[0].id
+        if ctx.tenant is None or ctx.tenant not in tenants:
+            reason = "unknown-sender" if not tenants else "not-a-contact-of-tenant"
+            queue_auto_reply(
+                ctx, template="unknown_sender.txt.j2", kind="refusal",
+                context={"subject": ctx.mail.subject, "sender": sender,
+                         "tenant_id": ctx.tenant_id, "known_contact": bool(tenants)},
+                subject=f"No hemos abierto un caso: {ctx.mail.subject}"[:200],
+            )
+            return Outcome(f"refused:{reason}", sender)
+        ctx.sender_role = ROLE_CUSTOMER
+        return None
