@@ -7,10 +7,10 @@ from typing import Any
 from mailbridge.parse.classify import classify
 from mailbridge.parse.encryption import is_encrypted
 from mailbridge.parse.mime import parse_mail
+from mailbridge.parse.replies import find_case_number
 from mailbridge.parse.secrets import redact_secrets
 from mailbridge.parse.template import extract_fields
 from mailbridge.rules import Rules
-from mailbridge.tickets.numbering import find_case_token
 
 
 def describe_mail(raw: bytes, rules: Rules) -> dict[str, Any]:
@@ -19,7 +19,7 @@ def describe_mail(raw: bytes, rules: Rules) -> dict[str, Any]:
     desk = rules.desk
     own = frozenset({desk.from_address, *(a.address for a in rules.addresses)})
     classification = classify(mail.message, own_addresses=own)
-    case_number = find_case_token(mail.subject, desk.case_token)
+    case_number = find_case_number(mail.subject, desk.case_token)
     text = mail.text
     if case_number is not None or mail.in_reply_to:
         from mailbridge.parse.quotes import strip_quotes

@@ -43,12 +43,6 @@ def _token_re(token: str) -> re.Pattern[str]:
     return re.compile(rf"\[\s*{re.escape(token)}\s*#?\s*(\d{{1,12}})\s*\]", re.IGNORECASE)
 
 
-def find_case_token(subject: str, token: str = "Caso") -> int | None:
-    """The case number in a `[Caso N]` token anywhere in the subject."""
-    match = _token_re(token).search(subject or "")
-    return int(match.group(1)) if match else None
-
-
 def strip_reply_prefixes(subject: str) -> str:
     return _PREFIX_RE.sub("", subject or "").strip()
 

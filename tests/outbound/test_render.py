@@ -6,7 +6,7 @@ import email
 import email.policy
 
 from mailbridge.outbound.render import Draft, render
-from mailbridge.tickets.numbering import case_subject, find_case_token
+from mailbridge.tickets.numbering import case_subject
 
 
 def _draft(**kw) -> Draft:  # type: ignore[no-untyped-def]
@@ -62,5 +62,4 @@ def test_display_name_with_crlf_cannot_inject_headers() -> None:
 def test_case_subject_does_not_stack_tokens_or_prefixes() -> None:
     assert case_subject("Caso", 12, "RE: RV: [Caso 12] TEN-1001 Caída") == "[Caso 12] TEN-1001 Caída"
     assert case_subject("Caso", 3, "Consulta") == "[Caso 3] Consulta"
-    assert find_case_token("AW: [caso #77] algo") == 77
-    assert find_case_token("Caso 77 sin corchetes") is None
+    assert case_subject("Caso", 77, "AW: [caso #77] algo") == "[Caso 77] algo"
