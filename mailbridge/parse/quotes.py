@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.utils import getaddresses
 
 log = logging.getLogger(__name__)
 
@@ -437,3 +438,164 @@ def signature_free(text: str) -> str:
     except Exception:
         log.exception("signature_free failed; keeping the text")
         return str(text or "").rstrip()
+
+
+# --- forwarded mail --------------------------------------------------------------------------
+
+_FORWARD_SUBJECT_RE = re.compile(
+    r"^\s*(?:(?:re|aw|sv)\s*:\s*)*(?:fwd?|fw|rv|tr|wg|enc|reenviado|reenv|i)\s*:\s*", re.IGNORECASE
+)
+_INLINE_LABEL_RE = re.compile(
+    r"(From|De|To|Para|Cc|CC|Sent|Enviado|Date|Fecha|Subject|Asunto)\s*:\s*"
+)
+
+
+@dataclass
+class ForwardedMail:
+    """The headers and text of a forwarded message found in a mail body."""
+
+    subject: str | None = None
+    date: str | None = None
+    from_name: str | None = None
+    from_address: str | None = None
+    to: list[tuple[str | None, str]] = field(default_factory=list)
+    cc: list[tuple[str | None, str]] = field(default_factory=list)
+    body: str = ""
+    message: str | None = None  # what the forwarder wrote above it, if anything
+
+
+def parse_forwarded(text: str, subject: str | None = None) -> ForwardedMail | None:
+    """The forwarded message in `text`, or None when there is none.
+
+    A forward is known by its separator line ("---------- Mensaje reenviado ---------",
+    "Inicio del mensaje reenviado:", "-------- Forwarded Message --------") or, for clients
+    that write none (Outlook), by a forward prefix on `subject` ("RV:", "Fwd:", "TR:").
+    Never raises.
+    """
+    try:
+        return _parse_forwarded(_normalise(text or ""), subject)
+    except Exception:
+        log.exception("parse_forwarded failed")
+        return None
+
+
+def _parse_forwarded(text: str, subject: str | None) -> ForwardedMail | None:
+    lines = text.split("\n")
+    start = next(
+        (i for i, line in enumerate(lines) if _FORWARD_SEPARATOR_RE.match(_unquote(line))), None
+    )
+    forward_subject = bool(subject and _FORWARD_SUBJECT_RE.match(subject))
+    if start is None and not forward_subject:
+        return None
+    if start is not None:
+        message = "\n".join(_strip_blank_edges(lines[:start])).rstrip() or None
+        separator = _unquote(lines[start])
+        inline = re.sub(rf"^\s*(?:{_DASHES}\s*)?[^-:]*?(?:{_DASHES}|:)\s*", "", separator, count=1)
+        if _INLINE_LABEL_RE.search(inline) and len(_INLINE_LABEL_RE.findall(inline)) >= 2:
+            found = _from_inline_headers(inline, lines[start + 1 :])
+        else:
+            found = _from_header_lines(lines, start + 1)
+    else:
+        regions = _quoted_regions(lines, text, keep_forwarded=False)
+        if not regions:
+            return None
+        first = regions[0].start
+        message = "\n".join(_strip_blank_edges(lines[:first])).rstrip() or None
+        found = _from_header_lines(lines, first)
+    if found is None:
+        return None
+    found.message = message
+    if found.subject is None and subject:
+        found.subject = _FORWARD_SUBJECT_RE.sub("", subject, count=1).strip() or None
+    return found
+
+
+def _from_header_lines(lines: list[str], start: int) -> ForwardedMail | None:
+    index = start
+    while index < len(lines) and not _unquote(lines[index]).strip():
+        index += 1
+    if index >= len(lines):
+        return None
+    while index < len(lines) and _RULE_LINE_RE.match(_unquote(lines[index])):
+        index += 1
+    attribution = _attribution_end(lines, index)
+    if attribution is not None:
+        joined = " ".join(_unquote(line).strip() for line in lines[index:attribution])
+        found = ForwardedMail()
+        head = _WROTE_RE.split(joined)[0]
+        addresses = getaddresses([head.split(",", 1)[-1] if "," in head else head])
+        if addresses and "@" in addresses[-1][1]:
+            found.from_name = addresses[-1][0].strip() or None
+            found.from_address = addresses[-1][1].lower()
+        date = re.match(r"^\s*\S+\s+(.*?),", head)
+        found.date = date.group(1) if date else None
+        found.body = _forwarded_body(lines[attribution:])
+        return found
+    fields: dict[str, str] = {}
+    last: str | None = None
+    while index < len(lines):
+        line = _unquote(lines[index])
+        kind = _label_kind(line)
+        if kind is not None:
+            value = line.split(":", 1)[1].strip()
+            fields.setdefault(kind, value)
+            last = kind if fields[kind] == value else None
+        elif line.strip() and last in ("from", "to", "cc") and re.match(r"^\s+\S|^\s*<", line):
+            fields[last] = f"{fields[last]} {line.strip()}"
+        else:
+            break
+        index += 1
+    if "from" not in fields:
+        return None
+    return _forwarded_from_fields(fields, lines[index:])
+
+
+def _from_inline_headers(inline: str, rest: list[str]) -> ForwardedMail | None:
+    """Yahoo writes the whole header block on the separator's line."""
+    fields: dict[str, str] = {}
+    matches = list(_INLINE_LABEL_RE.finditer(inline))
+    for position, match in enumerate(matches):
+        end = matches[position + 1].start() if position + 1 < len(matches) else len(inline)
+        kind = _LABEL_KIND.get(match.group(1).lower())
+        if kind:
+            fields.setdefault(kind, inline[match.end() : end].strip())
+    if "from" not in fields:
+        return None
+    return _forwarded_from_fields(fields, rest)
+
+
+def _forwarded_from_fields(fields: dict[str, str], rest: list[str]) -> ForwardedMail:
+    name, address = _one_address(fields["from"])
+    return ForwardedMail(
+        subject=fields.get("subject") or None,
+        date=fields.get("date") or None,
+        from_name=name,
+        from_address=address,
+        to=_address_list(fields.get("to", "")),
+        cc=_address_list(fields.get("cc", "")),
+        body=_forwarded_body(rest),
+    )
+
+
+def _address_list(value: str) -> list[tuple[str | None, str]]:
+    out: list[tuple[str | None, str]] = []
+    for name, address in getaddresses([value.replace(";", ",")]):
+        if "@" in address and all(address.lower() != seen.lower() for _n, seen in out):
+            name = name.strip().strip('"').strip()
+            out.append((None if not name or name.lower() == address.lower() else name, address))
+    return out
+
+
+def _one_address(value: str) -> tuple[str | None, str | None]:
+    found = _address_list(re.sub(r"\[mailto:[^\]]*\]", "", value))
+    if found:
+        return found[0]
+    return (value.strip() or None), None
+
+
+def _forwarded_body(lines: list[str]) -> str:
+    import textwrap
+
+    body = [_unquote(line) if _is_quoted(line) else line for line in lines]
+    text = textwrap.dedent("\n".join(_strip_blank_edges(body)))
+    return text.strip()
