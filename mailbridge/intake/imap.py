@@ -505,6 +505,10 @@ class ImapPoller:
         """Load or create the cursor; on a UIDVALIDITY change, start a re-sync."""
         name = self.account.name
         changed = False
+        with self.db.reader() as session:
+            cursor = session.get(ImapCursor, name)
+            if cursor is not None and cursor.uidvalidity == uidvalidity:
+                return cursor, False  # the common case needs no write
         with self.db.transaction() as session:
             cursor = session.get(ImapCursor, name, with_for_update=True)
             if cursor is None:
