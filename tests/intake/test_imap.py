@@ -675,3 +675,19 @@ def test_a_refused_move_does_not_stop_intake(
     assert (result.stored, result.moved) == (1, 0)
     assert poller.state.last_error is not None and "could not move" in poller.state.last_error
     assert imap_rows(imap_db)[0].server_state == SERVER_STORED  # retried next cycle
+
+
+def test_idle_is_renewed_with_a_sync(
+    imap_server: DovecotServer, imap_db: Database, make_account: MakeAccount
+) -> None:
+    poller = ImapPoller(make_account(idle=True, idle_renew=1.0, poll_interval=300), imap_db)
+    poller.start()
+    try:
+        assert wait_until(lambda: poller.state.idling, 10)
+        first = poller.state.last_ok_at
+        assert first is not None
+        # each renewal ends the IDLE, runs a cycle and idles again
+        assert wait_until(lambda: (poller.state.last_ok_at or first) > first, 10)
+        assert wait_until(lambda: poller.state.idling, 10)
+    finally:
+        assert poller.stop(10)
