@@ -662,7 +662,7 @@ def original_message_id(message: Message) -> str | None:
     try:
         original = attached_headers(message)
         if original is not None:
-            found = re.findall(r"<[^<>\s]+>", str(original.get("Message-ID", "") or ""))
+            found: list[str] = re.findall(r"<[^<>\s]+>", str(original.get("Message-ID", "") or ""))
             if found:
                 return found[0]
         own = re.findall(r"<[^<>\s]+>", _header(message, "Message-ID"))

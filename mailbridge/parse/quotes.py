@@ -258,7 +258,7 @@ def _library_split_line(text: str, lines: list[str]) -> int | None:
         for line in text[:_LIBRARY_MAX_CHARS].split("\n")
     )
     try:
-        from mailparser_reply import EmailReplyParser
+        from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped]
 
         parsed = EmailReplyParser(languages=list(_LIBRARY_LANGUAGES)).read(head)
         headers = [reply.headers for reply in parsed.replies if reply.headers]
