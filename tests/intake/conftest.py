@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mailbridge.db import Base, Database
-from tests.support.dovecot import MISSING_REASON, DovecotServer, dovecot_binary
+from tests.support.dovecot import DovecotServer, skip_unless_dovecot
 
 QUEUE_ADDRESS = "soporte-a@mesa.example"
 
@@ -17,8 +17,7 @@ QUEUE_ADDRESS = "soporte-a@mesa.example"
 @pytest.fixture
 def imap_server() -> Iterator[DovecotServer]:
     """A private Dovecot on 127.0.0.1 (skips when Dovecot is not installed)."""
-    if dovecot_binary() is None:
-        pytest.skip(MISSING_REASON)
+    skip_unless_dovecot()
     with DovecotServer() as server:
         yield server
 

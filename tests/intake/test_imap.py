@@ -9,7 +9,7 @@ import ssl
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from mailbridge.intake.imap_config import (
     load_imap_accounts,
 )
 from mailbridge.spool import STATE_DONE, STATE_QUARANTINED, InboundMail, release_for_replay
-from tests.support.dovecot import DovecotServer, free_port
+from tests.support.dovecot import DovecotServer, free_port, skip_unless_dovecot
 
 from .conftest import QUEUE_ADDRESS
 
@@ -474,11 +474,8 @@ def test_a_20_mb_message_is_stored_intact(
 
 
 @pytest.fixture
-def tls_server() -> Any:
-    from tests.support.dovecot import MISSING_REASON, dovecot_binary
-
-    if dovecot_binary() is None:
-        pytest.skip(MISSING_REASON)
+def tls_server() -> Iterator[DovecotServer]:
+    skip_unless_dovecot()
     with DovecotServer(tls=True) as server:
         yield server
 

@@ -15,9 +15,13 @@ import ssl
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
 
 DOVECOT_CANDIDATES = ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
 MISSING_REASON = (
@@ -50,6 +54,14 @@ def dovecot_binary() -> str | None:
             return candidate
     found = shutil.which("dovecot")
     return found
+
+
+def skip_unless_dovecot() -> None:
+    """pytest.skip with the install hint when Dovecot is missing (for fixtures)."""
+    if dovecot_binary() is None:
+        import pytest
+
+        pytest.skip(MISSING_REASON)
 
 
 def dovecot_version(binary: str | None = None) -> str | None:
@@ -154,18 +166,21 @@ class DovecotServer:
     password: str = "clave-de-prueba"
     tls: bool = False
     host: str = LOOPBACK
-    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dcv-")))
+    directory: InitVar[Path | None] = None  # where it lives; default a fresh temp dir
+    base: Path = field(init=False)
     port: int = 0
     tls_port: int = 0
     tls_files: TLSFiles | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _owns_base: bool = True
+    _owns_base: bool = field(default=True, repr=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, directory: Path | None) -> None:
         self.binary = dovecot_binary()
         if self.binary is None:
             raise DovecotError(MISSING_REASON)
-        self.base = self.base.resolve()
+        self._owns_base = directory is None
+        # short: Dovecot's unix sockets live under it (sun_path is ~108 bytes)
+        self.base = (directory or Path(tempfile.mkdtemp(prefix="dcv-"))).resolve()
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -401,7 +416,7 @@ service stats {{
         self.cleanup()
 
     # -- mailbox helpers (over real IMAP) ------------------------------------
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> IMAPClient:
         """A logged-in imapclient.IMAPClient over plain IMAP on the loopback."""
         from imapclient import IMAPClient
 

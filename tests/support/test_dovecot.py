@@ -83,7 +83,7 @@ def test_reset_uidvalidity_changes_it_and_keeps_mail(server: DovecotServer) -> N
 
 
 def test_start_failure_reports_the_log_tail(tmp_path_factory: pytest.TempPathFactory) -> None:
-    broken = DovecotServer(base=tmp_path_factory.mktemp("broken"))
+    broken = DovecotServer(directory=tmp_path_factory.mktemp("broken"))
     broken._write_config()  # then spoil it: Dovecot must refuse it
     original = DovecotServer._write_config
 
@@ -113,3 +113,15 @@ def test_tls_variant_serves_imaps_and_starttls() -> None:
         with pytest.raises(ssl.SSLCertVerificationError):
             IMAPClient(srv.host, port=srv.tls_port, ssl=True,
                        ssl_context=ssl.create_default_context())
+
+
+def test_missing_dovecot_skips_with_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from . import dovecot
+
+    monkeypatch.setattr(dovecot, "DOVECOT_CANDIDATES", ())
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert dovecot.dovecot_binary() is None
+    with pytest.raises(DovecotError, match="scripts/install-test-deps.sh"):
+        DovecotServer()
+    with pytest.raises(pytest.skip.Exception, match="install dovecot-imapd"):
+        dovecot.skip_unless_dovecot()
