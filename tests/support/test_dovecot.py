@@ -121,7 +121,7 @@ def test_missing_dovecot_skips_with_the_install_hint(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(dovecot, "DOVECOT_CANDIDATES", ())
     monkeypatch.setenv("PATH", "/nonexistent")
     assert dovecot.dovecot_binary() is None
-    with pytest.raises(DovecotError, match="scripts/install-test-deps.sh"):
+    with pytest.raises(DovecotError, match=r"scripts/install-test-deps\.sh"):
         DovecotServer()
     with pytest.raises(pytest.skip.Exception, match="install dovecot-imapd"):
         dovecot.skip_unless_dovecot()
