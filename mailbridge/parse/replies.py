@@ -16,8 +16,9 @@ _PREFIX_RE = re.compile(
     re.IGNORECASE,
 )
 # Tags that mail gateways put in front of a subject: "[EXTERNAL]", "[EXTERNO]", "(EXT)".
+# A bracket with digits ("[TEN-1001]", "[Ticket 7]") is part of the subject and stays.
 _LEADING_TAG_RE = re.compile(
-    r"^\s*(?:\[[^\[\]]{1,40}\]|\((?:ext|external|externo|spam)\))\s*", re.I
+    r"^\s*(?:\[[^\[\]\d]{1,40}\]|\((?:ext|external|externo|spam)\))\s*", re.IGNORECASE
 )
 _GATEWAY_WORD_RE = re.compile(r"^\s*(?:external|externo|ext|spam|\*\*\*spam\*\*\*)\s*:\s*", re.I)
 _WS_RE = re.compile(r"\s+")

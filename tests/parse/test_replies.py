@@ -57,6 +57,8 @@ def test_staff_reply_commands_come_out_of_the_new_text() -> None:
         ("RE: [EXTERNO] [Caso 12] TEN-1001 CAÍDA DEL SERVICIO DE CORREO", CASE_SUBJECT),
         ("EXTERNAL: Re: TEN-1001 Caída del servicio de correo [Caso 12]", CASE_SUBJECT),
         ("Re：TEN-1001 Caída del servicio de correo", CASE_SUBJECT),
+        ("[SPAM?] [Posible phishing] RE: TEN-1001 Caída del servicio de correo", CASE_SUBJECT),
+        ("RE: [TEN-1001] Caída del servicio", "[ten-1001] caída del servicio"),
         ("Respuesta: ¿Cuándo vuelve el servicio?", "respuesta: ¿cuándo vuelve el servicio?"),
         ("Cambio de hosting a facturación anual", "cambio de hosting a facturación anual"),
         ("", ""),
@@ -69,7 +71,7 @@ def test_normalise_subject(subject: str, normalised: str) -> None:
 
 def test_normalise_subject_other_token() -> None:
     assert normalise_subject("RE: [Ticket 7] Hola", case_token="Ticket") == "hola"
-    assert normalise_subject("RE: [Ticket 7] Hola") == "hola"  # a leading tag goes anyway
+    assert normalise_subject("RE: [Ticket 7] Hola") == "[ticket 7] hola"
 
 
 @pytest.mark.parametrize(
