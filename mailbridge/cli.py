@@ -30,13 +30,14 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mailbridge.intake.imap_config import ImapConfigError
     from mailbridge.rules import RulesError
     from mailbridge.service import SchemaOutdated, run
 
     settings = _settings()
     try:
         return run(settings)
-    except RulesError as exc:
+    except (RulesError, ImapConfigError) as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 78  # EX_CONFIG
@@ -149,12 +150,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             key = "MAILBRIDGE_" + "_".join(str(p) for p in err["loc"]).upper()
             print(f"environment: {key}: {err['msg']}", file=sys.stderr)
         return 78
+    from mailbridge.intake.imap_config import ImapConfigError, load_imap_accounts
+
     try:
         rules = load_rules(settings.rules)
-    except RulesError as exc:
+        accounts = load_imap_accounts(settings.imap_accounts, path=settings.imap_accounts_file)
+    except (RulesError, ImapConfigError) as exc:
         for problem in exc.problems:
             print(str(problem), file=sys.stderr)
         return 78
+    for account in accounts:
+        print(f"imap: {account.name}: {account.username}@{account.host}:{account.effective_port} "
+              f"({account.security}), folder {account.folder} → {account.queue_address}")
     print(
         f"{settings.rules}: ok ({len(rules.addresses)} support addresses, "
         f"{len(rules.tenants)} tenants)"

@@ -274,21 +274,23 @@ class RulesError(Exception):
         self.problems = problems
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def yaml_line_index(
+    node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]
+) -> None:
     """Map every key path in a composed YAML tree to its 1-based line."""
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
             out[(*path, key)] = key_node.start_mark.line + 1
-            _line_index(value_node, (*path, key), out)
+            yaml_line_index(value_node, (*path, key), out)
             out[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _line_index(item, (*path, index), out)
+            yaml_line_index(item, (*path, index), out)
 
 
-def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+def nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]
@@ -309,7 +311,7 @@ def parse_rules(text: str, *, source: str = "rules.yaml") -> Rules:
         raise RulesError([ConfigProblem(source, 1, "(top)", "the file must be a mapping")])
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
-        _line_index(node, (), lines)
+        yaml_line_index(node, (), lines)
     try:
         return Rules.model_validate(data)
     except ValidationError as exc:
@@ -322,7 +324,7 @@ def parse_rules(text: str, *, source: str = "rules.yaml") -> Rules:
             else:
                 message = err["msg"]
             key = ".".join(str(p) for p in loc) or "(top)"
-            problems.append(ConfigProblem(source, _nearest_line(lines, loc), key, message))
+            problems.append(ConfigProblem(source, nearest_line(lines, loc), key, message))
         raise RulesError(problems) from None
 
 

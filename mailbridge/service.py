@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import text
 
 from mailbridge.db import Database
+from mailbridge.intake.imap import ImapPollers
+from mailbridge.intake.imap_config import load_imap_accounts
 from mailbridge.intake.smtp import IntakeHandler, SpoolWriter, smtp_factory
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.pipeline import Pipeline, PipelineWorker
@@ -62,13 +64,19 @@ class Service:
                 f"the database schema is not at {behind}: run `mailbridge db upgrade` first"
             )
         self.sender = OutboxSender(self.db, settings)
+        accounts = load_imap_accounts(settings.imap_accounts, path=settings.imap_accounts_file)
+        self.imap = ImapPollers(accounts, self.db, on_stored=self._wake_worker)
         self.pipeline = Pipeline(
-            self.db, settings, self.rules, on_outbox=self.sender.wakeup.set
+            self.db, settings, self.rules, on_outbox=self.sender.wakeup.set,
+            on_imap_done=self.imap.wake if accounts else None,
         )
         self.worker = PipelineWorker(self.pipeline, settings.worker_poll_interval)
         self.stopping = asyncio.Event()
         self.smtp_server: asyncio.Server | None = None
         self.http: HttpServer | None = None
+
+    def _wake_worker(self) -> None:
+        self.worker.wakeup.set()
 
     def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -79,6 +87,8 @@ class Service:
         except Exception as exc:
             checks["database"] = {"ok": False, "error": str(exc)[:200]}
         checks["smtp"] = {"ok": self.smtp_server is not None and not self.stopping.is_set()}
+        for name, state in self.imap.readiness().items():
+            checks[f"imap:{name}"] = state
         return checks
 
     async def serve(self) -> None:
@@ -95,6 +105,7 @@ class Service:
         self.http.start()
         self.worker.start()
         self.sender.start()
+        self.imap.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
@@ -141,6 +152,7 @@ class Service:
         for proto in list(factory.live):
             proto.close_transport()
         await writer.stop()
+        await asyncio.to_thread(self.imap.stop, self.settings.drain_timeout)
         await asyncio.to_thread(self.worker.stop, self.settings.drain_timeout)
         self.sender.wakeup.set()
         await asyncio.to_thread(self.sender.stop, self.settings.drain_timeout)

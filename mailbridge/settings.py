@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     relay_starttls: bool = False
     relay_timeout: float = 30.0
     http_listen: str = Field(default="127.0.0.1:8025", description="health and metrics")
+    imap_accounts: str | None = Field(
+        default=None, description="JSON list of IMAP accounts (see README: IMAP intake)"
+    )
+    imap_accounts_file: Path | None = Field(default=None, description="YAML/JSON accounts file")
 
     max_message_size: int = Field(default=32 * 1024 * 1024, description="bytes; larger gets 552")
     max_recipients: int = Field(default=20, description="RCPT TO per message; more gets 452")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-28 02:04:00.344004
+Create Date: 2026-11-28 02:10:05.727826
 """
 from collections.abc import Sequence
 

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from mailbridge.rules import ConfigProblem
+from mailbridge.rules import ConfigProblem, yaml_line_index
+from mailbridge.rules import nearest_line as _nearest_line
 
 ENV_ACCOUNTS = "MAILBRIDGE_IMAP_ACCOUNTS"
 ENV_ACCOUNTS_FILE = "MAILBRIDGE_IMAP_ACCOUNTS_FILE"
@@ -178,24 +179,6 @@ class ImapAccount(BaseModel):
 # -- loading ----------------------------------------------------------------------------
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            _line_index(value_node, (*path, key_node.value), out)
-            out[(*path, key_node.value)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _line_index(item, (*path, index), out)
-
-
-def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
-
-
 def _parse(text: str, source: str, *, yaml_ok: bool) -> list[ImapAccount]:
     lines: dict[tuple[Any, ...], int] = {}
     try:
@@ -203,7 +186,7 @@ def _parse(text: str, source: str, *, yaml_ok: bool) -> list[ImapAccount]:
             data = yaml.safe_load(text)
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             if node is not None:
-                _line_index(node, (), lines)
+                yaml_line_index(node, (), lines)
         else:
             data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -48,12 +48,15 @@ class Pipeline:
         rules: Callable[[], Rules],
         stages: list[Stage] | None = None,
         on_outbox: Callable[[], None] | None = None,
+        on_imap_done: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.rules = rules
         self.stages = stages if stages is not None else STAGES
         self.on_outbox = on_outbox or (lambda: None)
+        # IMAP mail is moved on the server once processed: tell the poller.
+        self.on_imap_done = on_imap_done or (lambda: None)
 
     def process(self, inbound_id: int) -> ProcessResult | None:
         """Process one stored mail; None when another worker has it or it is done.
@@ -66,6 +69,7 @@ class Pipeline:
                 inbound = claim(session, inbound_id)
                 if inbound is None:
                     return None
+                channel = inbound.channel
                 stage_name = "parse"
                 try:
                     mail = parse_mail(inbound.raw)
@@ -103,6 +107,7 @@ class Pipeline:
                 extra={"inbound_id": inbound_id, "stage": exc.stage, "error": repr(exc.error)},
             )
             metrics.PROCESSED.labels(outcome="quarantined").inc()
+            self.on_imap_done()
             return ProcessResult(inbound_id, "quarantined")
         metrics.PROCESSED.labels(outcome=outcome.name.split(":", 1)[0]).inc()
         log.info(
@@ -116,6 +121,8 @@ class Pipeline:
             },
         )
         self.on_outbox()
+        if channel == "imap":
+            self.on_imap_done()
         return ProcessResult(inbound_id, outcome.name, number)
 
     def process_pending(self, limit: int = 100) -> list[ProcessResult]:

@@ -56,7 +56,8 @@ def test_ack_reaches_sender_with_case_number(make_daemon, sink: SmtpSink) -> Non
 )
 def test_recipient_address_decides_priority(make_daemon, sink, address, priority) -> None:
     daemon = make_daemon(relay_port=sink.port).start()
-    daemon.send(opening_mail(to=address, subject="TEN-2002 No puedo ingresar a INBOUND"))
+    daemon.send(opening_mail(sender="maria@lafise.example", to=address,
+                             subject="TEN-2002 No puedo ingresar a INBOUND"))
     sink.wait_for(1)
     ticket = daemon.wait_ticket(1)
     assert ticket["priority"] == priority
