@@ -515,7 +515,8 @@ _KEYWORD = (
 _BETWEEN = (
     r"(?:\s+(?:del|de\s+la|de)\s+(?:caso|incidente|ticket|incidencia|solicitud))?"
     r"(?:\s*\([^)\n]{0,40}\))?"
-    r"\s*(?:[:=\-\u2013\u2014]|\bes\b|\bsera\b|\bseria\b)?\s*(?:\*+\s*)?(?:de\s+|nivel\s+|la\s+)?"
+    r"\s*+(?:[:=\-\u2013\u2014]|\bes\b|\bsera\b|\bseria\b)?+\s*+(?:\*+\s*+)?+"
+    r"(?:de\s++|nivel\s++|la\s++)?+"
 )
 _KEYWORD_LEVEL_RE = re.compile(
     rf"\b{_KEYWORD}{_BETWEEN}(?:(?P<word>{_LEVEL_ALT})\b|(?:p|sev|s|g)?\s*(?P<num>[1-5])\b(?!\s*[/.,:]\s*\d))"
@@ -583,7 +584,7 @@ def detect_severity(text: str) -> str | None:
 # Lists ("Producto(s) Involucrado(s)")
 
 _BULLET_RE = re.compile(r"^\s*(?:[-*•·●▪◦+>]|\d{1,2}[.)]|[a-z][.)])\s+")
-_AND_RE = re.compile(r"\s+(?:y|e|and|&)\s+", re.IGNORECASE)
+_AND_RE = re.compile(r"(?<![ \t])[ \t]++(?:y|e|and|&)[ \t]++", re.IGNORECASE)
 
 
 def _split_outside_parentheses(text: str, separators: str) -> list[str]:

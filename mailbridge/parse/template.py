@@ -100,7 +100,7 @@ def _label_pattern(label: str) -> str:
         if char.isspace():
             while position < len(text) and text[position].isspace():
                 position += 1
-            out.append(r"[ \t]+")
+            out.append(r"[ \t]++")
             continue
         if char == "/":
             out.append(r"[ \t]*(?:/|\bo\b|\by\b)[ \t]*")
@@ -113,10 +113,11 @@ def _label_pattern(label: str) -> str:
 
 
 _HINT = r"\((?:[^()\n]|\([^()\n]*\)){0,200}\)"
-_MARK = r"[*_]{0,2}"
+_MARK = r"[*_]{0,2}+"
+# Possessive quantifiers keep a label followed by a long run of blanks linear.
 _SEPARATOR = (
-    r"(?:[:：=]|\t|[ \t]\|(?=[ \t])|[ \t][-\u2013\u2014](?=[ \t])|\.(?=[ \t]*$)"
-    r"|(?=[ \t]*$)|(?=[ \t]{2,}\S))"
+    r"(?:[ \t]*+(?:[:：=]|\|(?=[ \t])|[-\u2013\u2014](?=[ \t])|\.(?=[ \t]*+$)|$)"
+    r"|(?<=\t)(?=\S)|(?<=[ \t]{2})(?=\S)|\t)"
 )
 
 
@@ -150,16 +151,16 @@ def _compile(key: tuple[tuple[str, tuple[str, ...]], ...]) -> _Compiled:
         parts.append(f"(?P<{name}>{pattern})")
     body = "|".join(parts) or r"(?!x)x"
     regex = (
-        r"(?m)^[ \t]*(?:(?:[-*•·●▪]|\d{1,2}[.)])[ \t]+)?" + _MARK + r"[ \t]*"
+        r"(?m)^[ \t]*+(?:(?:[-*•·●▪]|\d{1,2}[.)])[ \t]++)?+" + _MARK + r"[ \t]*+"
         rf"(?:{body})"
-        rf"[ \t]*{_MARK}(?P<hint>[ \t]*{_HINT})?[ \t]*{_MARK}[ \t]*{_SEPARATOR}[ \t]*{_MARK}"
+        rf"[ \t]*+{_MARK}(?P<hint>[ \t]*+{_HINT})?+[ \t]*+{_MARK}{_SEPARATOR}[ \t]*+{_MARK}"
     )
     return _Compiled(re.compile(regex), group_to_spec)
 
 
 # Where a value ends besides the next label: a signature, a quoted or forwarded message.
 _END_RE = re.compile(
-    r"(?m)^[ \t>]*(?:"
+    r"(?m)^[ \t>]*+(?:"
     r"--[ \t]*|_{3,}[ \t]*|-{5,}.*"
     r"|(?:saludos|un[ \t]+saludo|atentamente|cordialmente|cordiales[ \t]+saludos"
     r"|best[ \t]+regards|kind[ \t]+regards|regards|muchas[ \t]+gracias|gracias"
