@@ -211,6 +211,7 @@ def test_detect_severity(text: str, level: str) -> None:
         "Es urgente que nos llamen.",  # prose: only URGENTE in capitals counts
         "Tenemos 3 sedes y 2 centros de datos.",
         "Altamente disponible, sin cambios.",
+        "X-Priority: 3\nImportance: normal",  # quoted headers of a bounced mail
         "",
     ],
 )
