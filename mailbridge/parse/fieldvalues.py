@@ -519,7 +519,9 @@ _BETWEEN = (
     r"(?:de\s++|nivel\s++|la\s++)?+"
 )
 _KEYWORD_LEVEL_RE = re.compile(
-    rf"(?<![\w-]){_KEYWORD}{_BETWEEN}(?:(?P<word>{_LEVEL_ALT})\b|(?:p|sev|s|g)?\s*(?P<num>[1-5])\b(?!\s*[/.,:]\s*\d))"
+    # "x-priority: 3" is a header, "gravedad 1/2" a fraction, neither a statement.
+    rf"(?<![\w-]){_KEYWORD}{_BETWEEN}"
+    rf"(?:(?P<word>{_LEVEL_ALT})\b|(?:p|sev|s|g)?\s*(?P<num>[1-5])\b(?!\s*[/.,:]\s*\d))"
 )
 _LEVEL_KEYWORD_RE = re.compile(
     rf"\b(?P<word>{_LEVEL_ALT})[ \t]+"
