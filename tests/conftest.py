@@ -13,9 +13,36 @@ from mailbridge.rules import Rules, load_rules
 from mailbridge.schema import upgrade
 from mailbridge.settings import Settings
 from tests.support.daemon import Daemon
+from tests.support.postgres import PostgresServer, postgres_available
 from tests.support.sink import SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
+# `MAILBRIDGE_TEST_BACKEND=postgresql` runs every test that uses a database against a
+# private PostgreSQL server started for the session (see tests/support/postgres.py).
+BACKEND = os.environ.get("MAILBRIDGE_TEST_BACKEND", "sqlite")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"mailbridge database backend: {BACKEND}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | None]:
+    if BACKEND != "postgresql":
+        yield None
+        return
+    if not postgres_available():
+        pytest.fail("MAILBRIDGE_TEST_BACKEND=postgresql but PostgreSQL is not installed: "
+                    "run scripts/install-test-deps.sh")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer | None) -> str | None:
+    """A fresh database on the PostgreSQL server, or None for the SQLite default."""
+    return postgres_server.create_database() if postgres_server is not None else None
 
 
 def corpus_dir() -> Path:
@@ -23,17 +50,20 @@ def corpus_dir() -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None
+) -> Settings:
     """Settings for in-process tests: a fresh data dir and the demo rules."""
     for key in list(os.environ):
         if key.startswith("MAILBRIDGE_") and key != "MAILBRIDGE_CORPUS":
             monkeypatch.delenv(key)
-    return Settings(data_dir=tmp_path / "var", rules=REPO / "rules.yaml", _env_file=None)
+    return Settings(data_dir=tmp_path / "var", rules=REPO / "rules.yaml",
+                    database_url=database_url, _env_file=None)
 
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    """A real, migrated SQLite database."""
+    """A real, migrated database (SQLite file, or PostgreSQL with the backend switch)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     database = Database(settings.resolved_database_url)
@@ -54,12 +84,23 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[object]:
-    """Factory: make_daemon(relay_port=…, **env) → an upgraded, not yet started Daemon."""
-    started: list[Daemon] = []
+def make_daemon(tmp_path: Path, postgres_server: PostgresServer | None) -> Iterator[object]:
+    """Factory: make_daemon(relay_port=…, **env) → an upgraded, not yet started Daemon.
 
-    def factory(name: str = "d", relay_port: int | None = None, **env: str) -> Daemon:
+    Daemons made with the same `shared_db` name share one database (workers).
+    """
+    started: list[Daemon] = []
+    shared: dict[str, str] = {}
+
+    def factory(name: str = "d", relay_port: int | None = None, shared_db: str | None = None,
+                **env: str) -> Daemon:
         extra = {f"MAILBRIDGE_{k.upper()}": str(v) for k, v in env.items()}
+        if postgres_server is not None and "MAILBRIDGE_DATABASE_URL" not in extra:
+            if shared_db is None or shared_db not in shared:
+                url = postgres_server.create_database()
+                if shared_db is not None:
+                    shared[shared_db] = url
+            extra["MAILBRIDGE_DATABASE_URL"] = shared.get(shared_db or "", url)
         if relay_port is not None:
             extra["MAILBRIDGE_RELAY"] = f"127.0.0.1:{relay_port}"
         daemon = Daemon(tmp_path / name, extra)

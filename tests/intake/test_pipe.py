@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from tests.support.daemon import opening_mail
 
 
@@ -43,11 +41,7 @@ def test_ingest_missing_file_is_66(make_daemon) -> None:
 
 def test_ingest_storage_failure_is_75(make_daemon) -> None:
     daemon = make_daemon()
-    with sqlite3.connect(daemon.data_dir / "mailbridge.db") as conn:
-        conn.execute(
-            "CREATE TRIGGER disk_full BEFORE INSERT ON inbound "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    daemon.break_spool_inserts()
     result = daemon.cli("ingest", "-", input=opening_mail().as_bytes(), check=False)
     assert result.returncode == 75
     assert b"could not store" in result.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import smtplib
-import sqlite3
 import time
 
 import pytest
@@ -14,8 +13,7 @@ from tests.support.sink import SmtpSink
 
 
 def _inbound_count(daemon) -> int:  # type: ignore[no-untyped-def]
-    with sqlite3.connect(daemon.data_dir / "mailbridge.db") as conn:
-        return int(conn.execute("SELECT count(*) FROM inbound").fetchone()[0])
+    return int(daemon.query("SELECT count(*) FROM inbound")[0][0])
 
 
 def test_ack_reaches_sender_with_case_number(make_daemon, sink: SmtpSink) -> None:
@@ -114,11 +112,7 @@ def test_too_many_recipients_gets_452(make_daemon) -> None:
 def test_storage_failure_gets_451_and_nothing_is_stored(make_daemon, sink) -> None:
     daemon = make_daemon(relay_port=sink.port).start()
     # A real database fault: every insert into the spool aborts.
-    with sqlite3.connect(daemon.data_dir / "mailbridge.db") as conn:
-        conn.execute(
-            "CREATE TRIGGER disk_full BEFORE INSERT ON inbound "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    daemon.break_spool_inserts()
     with daemon.smtp() as client, pytest.raises(smtplib.SMTPDataError) as refused:
         client.send_message(opening_mail())
     assert refused.value.smtp_code == 451
@@ -126,8 +120,7 @@ def test_storage_failure_gets_451_and_nothing_is_stored(make_daemon, sink) -> No
     assert daemon.cli_json("tickets", "list") == []
 
     # The fault clears: the next delivery works without a restart.
-    with sqlite3.connect(daemon.data_dir / "mailbridge.db") as conn:
-        conn.execute("DROP TRIGGER disk_full")
+    daemon.break_spool_inserts(False)
     daemon.send(opening_mail())
     sink.wait_for(1)
     assert _inbound_count(daemon) == 1

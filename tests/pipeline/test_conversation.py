@@ -138,7 +138,7 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
     bounce = [e for e in case["events"] if e["kind"] == "bounce"]
     assert bounce and bounce[0]["data"]["recipients"] == ["ana@compensar.example"]
     assert bounce[0]["data"]["status"] == "5.1.1"
-    assert daemon.query("SELECT hard FROM address_status WHERE address='ana@compensar.example'") == [(1,)]
+    assert daemon.query("SELECT hard FROM address_status WHERE address='ana@compensar.example'") in ([(1,)], [(True,)])
     assert len(sink.received) == 4
     assert daemon.stop() == 0
 

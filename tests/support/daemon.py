@@ -122,12 +122,40 @@ class Daemon:
         with self.smtp() as client:
             client.send_message(msg, to_addrs=rcpt)
 
-    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        """Read the daemon's SQLite database directly (tests only)."""
-        import sqlite3
+    @property
+    def database_url(self) -> str:
+        return self.env.get("MAILBRIDGE_DATABASE_URL") or f"sqlite:///{self.data_dir / 'mailbridge.db'}"
 
-        with sqlite3.connect(self.data_dir / "mailbridge.db", timeout=30) as conn:
-            return list(conn.execute(sql, params).fetchall())
+    def query(self, sql: str, **params: object) -> list[tuple[Any, ...]]:
+        """Run SQL on the daemon's database directly (tests only; SQLite or PostgreSQL)."""
+        from sqlalchemy import text
+
+        from mailbridge.db import make_engine
+
+        engine = make_engine(self.database_url, immediate=False)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(sql), params)
+                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def break_spool_inserts(self, broken: bool = True) -> None:
+        """A real database fault: every insert into the spool aborts (or works again)."""
+        if "postgresql" in self.database_url:
+            if broken:
+                self.query("CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN RAISE EXCEPTION 'could not extend file: No space left'; END $$")
+                self.query("CREATE TRIGGER disk_full BEFORE INSERT ON inbound "
+                           "FOR EACH ROW EXECUTE FUNCTION disk_full()")
+            else:
+                self.query("DROP TRIGGER disk_full ON inbound")
+                self.query("DROP FUNCTION disk_full()")
+        elif broken:
+            self.query("CREATE TRIGGER disk_full BEFORE INSERT ON inbound "
+                       "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        else:
+            self.query("DROP TRIGGER disk_full")
 
     def settle(self, timeout: float = 20.0) -> None:
         """Wait until every stored mail is processed and nothing due waits in the outbox."""
