@@ -166,6 +166,14 @@ _END_RE = re.compile(
     r"|best[ \t]+regards|kind[ \t]+regards|regards|muchas[ \t]+gracias|gracias"
     r"|mil[ \t]+gracias|quedo[ \t]+atent[oa]|quedamos[ \t]+atentos|sin[ \t]+otro[ \t]+particular"
     r"|enviado[ \t]+desde[ \t]+mi|sent[ \t]+from[ \t]+my)\b[^\n]{0,40}"
+    r"|(?:agradezco|agradecemos|agradeciendo|quedo[ \t]+a[ \t]+la[ \t]+espera"
+    r"|quedamos[ \t]+a[ \t]+la[ \t]+espera|en[ \t]+espera[ \t]+de|thanks|thank[ \t]+you)"
+    r"\b[^\n]{0,80}"
+    # Confidentiality footers.
+    r"|(?:aviso[ \t]+(?:legal|de[ \t]+confidencialidad)|confidencialidad:|disclaimer"
+    r"|(?:este|el[ \t]+presente)[ \t]+(?:correo|mensaje|e-?mail)\b[^\n]{0,120}"
+    r"(?:confidencial|destinatario)|this[ \t]+(?:e-?mail|message)\b[^\n]{0,120}"
+    r"(?:confidential|intended))[^\n]*"
     r"|el[ \t][^\n]{5,200}escribio:[ \t]*|on[ \t][^\n]{5,200}wrote:[ \t]*"
     r")$"
 )
