@@ -32,7 +32,9 @@ def corpus_files() -> list[Path]:
     return sorted(
         path
         for path in CORPUS.rglob("*")
-        if path.is_file() and path.suffix not in NOT_MAIL and not path.name.startswith("LICENSE")
+        if path.is_file()
+        and path.suffix not in NOT_MAIL
+        and not path.name.startswith(("LICENSE", "."))
     )
 
 
