@@ -22,8 +22,20 @@ REPO = Path(__file__).resolve().parent.parent
 BACKEND = os.environ.get("MAILBRIDGE_TEST_BACKEND", "sqlite")
 
 
+DATABASE_FIXTURES = {"db", "make_daemon", "database_url", "settings"}
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"mailbridge database backend: {BACKEND}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass, run every test that touches the database, and only those."""
+    if BACKEND != "postgresql":
+        return
+    keep = [i for i in items if DATABASE_FIXTURES & set(getattr(i, "fixturenames", ()))]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -96,11 +108,13 @@ def make_daemon(tmp_path: Path, postgres_server: PostgresServer | None) -> Itera
                 **env: str) -> Daemon:
         extra = {f"MAILBRIDGE_{k.upper()}": str(v) for k, v in env.items()}
         if postgres_server is not None and "MAILBRIDGE_DATABASE_URL" not in extra:
-            if shared_db is None or shared_db not in shared:
+            if shared_db is not None and shared_db in shared:
+                url = shared[shared_db]
+            else:
                 url = postgres_server.create_database()
                 if shared_db is not None:
                     shared[shared_db] = url
-            extra["MAILBRIDGE_DATABASE_URL"] = shared.get(shared_db or "", url)
+            extra["MAILBRIDGE_DATABASE_URL"] = url
         if relay_port is not None:
             extra["MAILBRIDGE_RELAY"] = f"127.0.0.1:{relay_port}"
         daemon = Daemon(tmp_path / name, extra)

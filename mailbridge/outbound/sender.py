@@ -134,6 +134,7 @@ class SendResult:
     sent: int = 0
     deferred: int = 0
     failed: int = 0
+    skipped: int = 0  # taken by another worker, or already done
 
 
 class OutboxSender:
@@ -216,75 +217,98 @@ class OutboxSender:
         return result
 
     def _send_one(self, outbox_id: int) -> str:
+        """Send one row and record the result.
+
+        On PostgreSQL the row is locked (SKIP LOCKED) for the whole send, so two
+        workers never send the same mail; SQLite has one daemon per file, and
+        must not hold its single write lock across a network round trip.
+        """
+        if not self.db.is_sqlite:
+            with self.db.transaction() as session:
+                row = session.scalars(
+                    select(OutboxMail)
+                    .where(OutboxMail.id == outbox_id, OutboxMail.state == STATE_PENDING)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return "skipped"
+                return self._deliver(session, row)
         with self.db.reader() as session:
             row = session.get(OutboxMail, outbox_id)
             if row is None or row.state != STATE_PENDING:
-                return "sent"
-            raw = row.raw
-            mail_from, rcpt_tos, message_id = row.mail_from, list(row.rcpt_tos), row.message_id
+                return "skipped"
+            raw, mail_from, rcpt_tos, message_id = (
+                row.raw, row.mail_from, list(row.rcpt_tos), row.message_id
+            )
+        error = self._transmit(mail_from, rcpt_tos, raw, message_id)
+        with self.db.transaction() as session:
+            row = session.get(OutboxMail, outbox_id)
+            if row is None:
+                return "skipped"
+            return self._record(session, row, error)
+
+    def _deliver(self, session: Session, row: OutboxMail) -> str:
+        error = self._transmit(row.mail_from, list(row.rcpt_tos), row.raw, row.message_id)
+        return self._record(session, row, error)
+
+    def _transmit(
+        self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str
+    ) -> PermanentFailure | TransientFailure | None:
         try:
             self.transport.send(mail_from, rcpt_tos, raw, message_id)
-        except PermanentFailure as exc:
-            self._mark(outbox_id, failed=str(exc))
-            log.error("outbound refused", extra={"message_id": message_id, "error": str(exc)})
-            return "failed"
-        except TransientFailure as exc:
-            delay = self._defer(outbox_id, str(exc))
+        except (PermanentFailure, TransientFailure) as exc:
+            return exc
+        return None
+
+    def _record(
+        self, session: Session, row: OutboxMail, error: PermanentFailure | TransientFailure | None
+    ) -> str:
+        row.attempts += 1
+        if isinstance(error, TransientFailure):
+            delay = self._schedule_retry(row, str(error))
             self.paused_until = time.monotonic() + delay
             return "deferred"
-        self._mark(outbox_id)
+        if isinstance(error, PermanentFailure):
+            row.state, row.last_error = STATE_FAILED, str(error)
+            if row.ticket_id:
+                _event(session, row.ticket_id, "outbound_failed", row, error=str(error))
+            metrics.OUTBOUND.labels(kind=row.kind, outcome="failed").inc()
+            log.error("outbound refused", extra={"message_id": row.message_id, "error": str(error)})
+            return "failed"
+        now = utcnow()
+        row.state, row.sent_at, row.last_error = STATE_SENT, now, None
+        metrics.OUTBOUND.labels(kind=row.kind, outcome="sent").inc()
+        if row.trigger_received_at is not None:
+            latency = (now - row.trigger_received_at).total_seconds()
+            metrics.ACK_LATENCY.labels(kind=row.kind).observe(latency)
+        if row.ticket_id and row.kind == "ack":
+            ticket = session.get(Ticket, row.ticket_id)
+            if ticket is not None and ticket.acked_at is None:
+                ticket.acked_at = now
+        log.info(
+            "outbound sent",
+            extra={"message_id": row.message_id, "kind": row.kind, "ticket_id": row.ticket_id},
+        )
         return "sent"
 
-    def _mark(self, outbox_id: int, failed: str | None = None) -> None:
-        now = utcnow()
-        with self.db.transaction() as session:
-            row = session.get(OutboxMail, outbox_id)
-            if row is None:
-                return
-            row.attempts += 1
-            if failed is not None:
-                row.state, row.last_error = STATE_FAILED, failed
-                if row.ticket_id:
-                    _event(session, row.ticket_id, "outbound_failed", row, error=failed)
-                metrics.OUTBOUND.labels(kind=row.kind, outcome="failed").inc()
-                return
-            row.state, row.sent_at, row.last_error = STATE_SENT, now, None
-            metrics.OUTBOUND.labels(kind=row.kind, outcome="sent").inc()
-            if row.trigger_received_at is not None:
-                latency = (now - row.trigger_received_at).total_seconds()
-                metrics.ACK_LATENCY.labels(kind=row.kind).observe(latency)
-            if row.ticket_id and row.kind == "ack":
-                ticket = session.get(Ticket, row.ticket_id)
-                if ticket is not None and ticket.acked_at is None:
-                    ticket.acked_at = now
-            log.info(
-                "outbound sent",
-                extra={"message_id": row.message_id, "kind": row.kind, "ticket_id": row.ticket_id},
-            )
-
-    def _defer(self, outbox_id: int, error: str) -> float:
-        """Schedule the row's next attempt; returns the delay in seconds."""
-        with self.db.transaction() as session:
-            row = session.get(OutboxMail, outbox_id)
-            if row is None:
-                return 0.0
-            row.attempts += 1
-            row.last_error = error
-            if row.attempts >= self.settings.outbox_max_attempts:
-                row.state = STATE_FAILED
-                log.error("outbound gave up", extra={"message_id": row.message_id, "error": error})
-                return 0.0
-            delay = min(
-                self.settings.outbox_retry_max,
-                self.settings.outbox_retry_base * (2 ** min(row.attempts - 1, 20)),
-            )
-            delay *= random.uniform(0.8, 1.2)
-            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            log.warning(
-                "outbound deferred",
-                extra={"message_id": row.message_id, "error": error, "retry_in": round(delay, 1)},
-            )
-            return delay
+    def _schedule_retry(self, row: OutboxMail, error: str) -> float:
+        """Set the row's next attempt; returns the delay in seconds (0 when it gave up)."""
+        row.last_error = error
+        if row.attempts >= self.settings.outbox_max_attempts:
+            row.state = STATE_FAILED
+            log.error("outbound gave up", extra={"message_id": row.message_id, "error": error})
+            return 0.0
+        delay = min(
+            self.settings.outbox_retry_max,
+            self.settings.outbox_retry_base * (2 ** min(row.attempts - 1, 20)),
+        )
+        delay *= random.uniform(0.8, 1.2)
+        row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        log.warning(
+            "outbound deferred",
+            extra={"message_id": row.message_id, "error": error, "retry_in": round(delay, 1)},
+        )
+        return delay
 
 
 def _event(session: Session, ticket_id: int, kind: str, row: OutboxMail, **data: str) -> None:

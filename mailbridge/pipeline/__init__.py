@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, ProgrammingError
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
@@ -20,6 +20,11 @@ from mailbridge.settings import Settings
 from mailbridge.spool import STATE_DONE, claim, next_pending_ids, quarantine
 
 log = logging.getLogger(__name__)
+
+
+# Database trouble that says nothing about the mail (locked, gone, schema behind):
+# the mail stays queued and is retried; only errors caused by the mail quarantine it.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, InternalError, ProgrammingError)
 
 
 class StageError(Exception):
@@ -73,7 +78,7 @@ class Pipeline:
                 stage_name = "parse"
                 try:
                     mail = parse_mail(inbound.raw)
-                    inbound.message_id = mail.message_id
+                    inbound.message_id = mail.message_id[:998] if mail.message_id else None
                     ctx = MailContext(
                         session=session,
                         inbound=inbound,
@@ -89,7 +94,7 @@ class Pipeline:
                         if decided is not None:
                             outcome = decided
                             break
-                except OperationalError:
+                except TRANSIENT_DB_ERRORS:
                     raise
                 except Exception as exc:
                     raise StageError(stage_name, exc) from exc
@@ -163,7 +168,7 @@ class PipelineWorker:
             try:
                 results = self.pipeline.process_pending()
                 backoff = 0.0
-            except OperationalError as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 backoff = min(30.0, max(0.5, backoff * 2))
                 log.warning("database busy or gone; retrying", extra={"error": str(exc)[:300]})
                 results = []

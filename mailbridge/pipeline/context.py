@@ -50,7 +50,9 @@ class MailContext:
 
     @property
     def sender(self) -> str:
-        return self.mail.from_addr or self.inbound.mail_from.lower()
+        """The author's address; "" when there is none usable (RFC 5321: at most 254)."""
+        address = self.mail.from_addr or self.inbound.mail_from.lower().strip("<>")
+        return address if len(address) <= 254 else ""
 
     @property
     def envelope_sender(self) -> str | None:
