@@ -25,23 +25,35 @@ OUTBOX_DEPTH = Gauge("mailbridge_outbox_depth", "Outbound mails waiting")
 OUTBOX_OLDEST = Gauge("mailbridge_outbox_oldest_seconds", "Age of the oldest waiting mail")
 QUARANTINE_SIZE = Gauge("mailbridge_quarantine_size", "Mails kept in quarantine")
 ACKS_LATE = Gauge("mailbridge_acks_overdue", "Cases whose acknowledgement missed its deadline")
+# Service levels (mailbridge/sla): counters count each case once, in the process that saw it.
+ACKS_LATE_TOTAL = Counter(
+    "mailbridge_acks_late_total", "Acknowledgements that missed their deadline, once per case"
+)
+SLA_BREACHES = Counter(
+    "mailbridge_sla_breaches_total", "First responses that missed their target", ["severity"]
+)
+SLA_BREACHED_OPEN = Gauge(
+    "mailbridge_sla_breached_open", "Open cases past their response target without a response"
+)
+SLA_AT_RISK = Gauge("mailbridge_sla_at_risk", "Open cases whose response clock is at risk")
+ESCALATIONS = Counter("mailbridge_escalations_total", "Escalations sent", ["level", "trigger"])
+CASES_CLOSED = Counter("mailbridge_cases_closed_total", "Resolved cases closed", ["reason"])
+SLA_SWEEPS = Counter("mailbridge_sla_sweeps_total", "Scheduler sweeps run", ["kind", "outcome"])
 
 
-def refresh_outbox(db: Database) -> None:
-    from sqlalchemy import func, select
+INBOUND_WAITING = Gauge("mailbridge_inbound_waiting", "Stored mails not processed yet")
+INBOUND_OLDEST = Gauge("mailbridge_inbound_oldest_seconds", "Age of the oldest unprocessed mail")
 
-    from mailbridge.db import utcnow
-    from mailbridge.outbound.outbox import STATE_PENDING, OutboxMail
+
+def refresh_queue_gauges(db: Database) -> None:
+    """Queue gauges read from the database at scrape time (correct across workers)."""
+    from mailbridge.status import status_report
 
     with db.reader() as session:
-        depth, oldest = session.execute(
-            select(func.count(OutboxMail.id), func.min(OutboxMail.created_at)).where(
-                OutboxMail.state == STATE_PENDING
-            )
-        ).one()
-    OUTBOX_DEPTH.set(depth or 0)
-    if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-
-        oldest = oldest.replace(tzinfo=UTC)
-    OUTBOX_OLDEST.set((utcnow() - oldest).total_seconds() if oldest else 0)
+        report = status_report(session)
+    OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
+    OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
+    QUARANTINE_SIZE.set(report["inbound"]["quarantined"] or 0)
+    INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
+    INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)
+    ACKS_LATE.set(len(report["acks"]["overdue"]))

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from mailbridge import metrics
 from mailbridge.db import Database
 from mailbridge.intake.imap import ImapPollers
 from mailbridge.intake.imap_config import load_imap_accounts
@@ -21,6 +22,7 @@ from mailbridge.pipeline import Pipeline, PipelineWorker
 from mailbridge.rules import Rules, RulesError, load_rules
 from mailbridge.schema import pending_revision
 from mailbridge.settings import Settings
+from mailbridge.sla.jobs import SlaScheduler
 from mailbridge.systemd import notify, watchdog_interval
 from mailbridge.web import HttpServer
 
@@ -64,6 +66,8 @@ class Service:
                 f"the database schema is not at {behind}: run `mailbridge db upgrade` first"
             )
         self.sender = OutboxSender(self.db, settings)
+        # SLA timers (APScheduler, jobs in this database): escalations, closing, late acks.
+        self.sla = SlaScheduler(self.db, settings, self.rules, on_outbox=self.sender.wakeup.set)
         accounts = load_imap_accounts(settings.imap_accounts, path=settings.imap_accounts_file)
         self.imap = ImapPollers(accounts, self.db, on_stored=self._wake_worker)
         self.pipeline = Pipeline(
@@ -101,10 +105,14 @@ class Service:
         self.smtp_server = await loop.create_server(factory, host=host, port=port)
         smtp_port = self.smtp_server.sockets[0].getsockname()[1]
         http_host, http_port = self.settings.http_address
-        self.http = HttpServer(http_host, http_port, self.readiness)
+        self.http = HttpServer(
+            http_host, http_port, self.readiness,
+            before_metrics=lambda: metrics.refresh_queue_gauges(self.db),
+        )
         self.http.start()
         self.worker.start()
         self.sender.start()
+        self.sla.start()
         self.imap.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
@@ -154,6 +162,7 @@ class Service:
         await writer.stop()
         await asyncio.to_thread(self.imap.stop, self.settings.drain_timeout)
         await asyncio.to_thread(self.worker.stop, self.settings.drain_timeout)
+        await asyncio.to_thread(self.sla.stop)  # its last mails still leave below
         self.sender.wakeup.set()
         await asyncio.to_thread(self.sender.stop, self.settings.drain_timeout)
         if self.http is not None:

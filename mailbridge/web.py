@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -12,6 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 
 ReadinessCheck = Callable[[], dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -24,8 +26,15 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, readiness: ReadinessCheck) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness: ReadinessCheck,
+        before_metrics: Callable[[], None] | None = None,
+    ) -> None:
         self.readiness = readiness
+        self.before_metrics = before_metrics
         self._metrics = make_wsgi_app()
         self.server = make_server(
             host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
@@ -43,6 +52,11 @@ class HttpServer:
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
+            if self.before_metrics is not None:
+                try:
+                    self.before_metrics()
+                except Exception:  # a scrape must answer even when the database does not
+                    log.exception("refreshing queue gauges failed")
             return self._metrics(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
             return _json(start_response, 200, {"status": "ok"})

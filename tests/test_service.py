@@ -90,3 +90,25 @@ def test_unit_file_verifies(tmp_path) -> None:
                 if "mailbridge.service" in line and "not executable" not in line]
     assert problems == [], result.stderr
     assert "Type=notify" in unit and "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
+
+
+def test_metrics_count_what_happened(make_daemon, sink) -> None:
+    from tests.support.daemon import opening_mail
+
+    daemon = make_daemon(relay_port=sink.port).start()
+    daemon.send(opening_mail())
+    daemon.send(opening_mail(sender="pedro@desconocido.example", subject="hola"))
+    sink.wait_for(2)
+    daemon.settle()
+    status, body = daemon.http_get("/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'mailbridge_mails_received_total{channel="smtp",outcome="stored"} 2.0' in text
+    assert 'mailbridge_tickets_created_total{priority="A"} 1.0' in text
+    assert 'mailbridge_mails_processed_total{outcome="refused"} 1.0' in text
+    assert 'mailbridge_outbound_total{kind="ack",outcome="sent"} 1.0' in text
+    assert 'mailbridge_ack_latency_seconds_count{kind="ack"} 1.0' in text
+    assert "mailbridge_outbox_depth 0.0" in text
+    assert "mailbridge_quarantine_size 0.0" in text
+    assert "mailbridge_inbound_waiting 0.0" in text
+    daemon.stop()

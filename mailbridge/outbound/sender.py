@@ -213,7 +213,6 @@ class OutboxSender:
                     break  # the relay is down: do not hammer it row by row
         finally:
             self.transport.close()
-        metrics.refresh_outbox(self.db)
         return result
 
     def _send_one(self, outbox_id: int) -> str:
