@@ -17,11 +17,13 @@ run: $(STAMP)
 	$(BIN)/mailbridge db upgrade
 	$(BIN)/mailbridge run
 
-## Run the whole test suite (installs Python and Debian packages the tests need).
+## Run the whole test suite (installs Python and Debian packages the tests need):
+## once on SQLite, then every database test again on a private PostgreSQL.
 test: $(STAMP)
 	bash scripts/install-test-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	MAILBRIDGE_TEST_BACKEND=postgresql $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/e2e.py

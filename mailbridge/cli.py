@@ -273,6 +273,86 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0 if outcome != "quarantined" else 1
 
 
+def cmd_escalate(args: argparse.Namespace) -> int:
+    """Send a case to Operations or a vendor; exit 65 (and nothing sent) when fields lack."""
+    from mailbridge.db import utcnow
+    from mailbridge.escalation.fields import UnknownField, values_from_pairs
+    from mailbridge.escalation.service import MISSING, ORIGIN_CLI, SENT, escalate
+    from mailbridge.rules import RulesError, load_rules
+    from mailbridge.tickets.service import get_ticket
+
+    settings = _settings()
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 78
+    target = rules.escalation_target(args.target)
+    if target is None:
+        known = ", ".join(sorted(rules.escalation_targets)) or "none configured"
+        print(f"error: unknown target {args.target!r} (known: {known})", file=sys.stderr)
+        return 64
+    try:
+        values = values_from_pairs(target, args.field or [])
+    except UnknownField as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 64
+    db = _db(settings)
+    with db.transaction() as session:
+        ticket = get_ticket(session, args.number)
+        if ticket is None:
+            print(f"error: no case {args.number}", file=sys.stderr)
+            return 1
+        result = escalate(
+            session, rules, ticket, args.target, now=utcnow(),
+            evidence_dir=settings.evidence_dir, origin=ORIGIN_CLI,
+            requested_by=args.by.lower() if args.by else None, values=values,
+        )
+        data = {"case": args.number, "target": result.target, "status": result.status,
+                "message": result.message, "missing": result.missing,
+                "message_id": result.message_id}
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"caso {args.number} → {result.target}: {result.message}")
+        for label in result.missing:
+            print(f"  falta: {label}   (--field '{label}=…')")
+    if result.status == SENT:
+        return 0
+    return 65 if result.status == MISSING else 1
+
+
+def cmd_escalation_sweep(args: argparse.Namespace) -> int:
+    """Remind targets whose answer is overdue and tell staff (cron; idempotent)."""
+    from datetime import UTC, datetime
+
+    from mailbridge.db import utcnow
+    from mailbridge.escalation.reminders import remind_overdue_vendors
+    from mailbridge.rules import RulesError, load_rules
+
+    settings = _settings()
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 78
+    now = utcnow()
+    if args.now:
+        now = datetime.fromisoformat(args.now)
+        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    done = remind_overdue_vendors(_db(settings), rules, now)
+    if args.json:
+        _print_json(done)
+    else:
+        for item in done:
+            what = "reminded, staff told" if item["reminded"] else "staff told (no reminders left)"
+            print(f"case {item['case']} {item['target']}: {what}")
+        print(f"{len(done)} overdue escalation(s)")
+    return 0
+
+
 def _redacted_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -334,6 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "show":
             q.add_argument("--raw", action="store_true", help="print the raw message")
         q.set_defaults(func=cmd_quarantine)
+
+    p = sub.add_parser("escalate", help="send a case to Operations or a vendor (rules.yaml)")
+    p.add_argument("number", type=int, help="case number")
+    p.add_argument("target", help="escalation target, e.g. hibot, panda, operaciones")
+    p.add_argument("--field", "-F", action="append", metavar="KEY=VALUE",
+                   help="a field value (key or label), repeatable")
+    p.add_argument("--by", metavar="ADDRESS", help="the staff member escalating (told of answers)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_escalate)
+
+    p = sub.add_parser("escalation", help="escalations to Operations and vendors")
+    esub = p.add_subparsers(dest="escalation_command", required=True)
+    sw = esub.add_parser("sweep", help="remind overdue vendors and tell staff (for cron)")
+    sw.add_argument("--now", help="ISO 8601 time to judge lateness at (default: now)")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=cmd_escalation_sweep)
 
     p = sub.add_parser("check-config", help="validate settings and rules.yaml")
     p.set_defaults(func=cmd_check_config)

@@ -127,6 +127,113 @@ class OpeningTemplate(_Strict):
         return key
 
 
+# -- escalation to Operations and vendors (seed 002) ---------------------------------------
+
+# Where a target field's value can come from besides the case's template fields.
+ESCALATION_VALUE_SOURCES = frozenset({
+    "tenant.name", "tenant.id", "case.number", "case.subject", "case.sender",
+    "case.priority", "case.priority_label", "case.severity", "escalated_by",
+})
+_TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+class EscalationField(_Strict):
+    """One field an escalation target requires, and where its value comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    key: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    label: str = Field(min_length=1)
+    synonyms: list[str] = Field(default_factory=list)
+    required: bool = True
+    # Case template keys or ESCALATION_VALUE_SOURCES, first with a value wins; staff
+    # `Etiqueta: valor` lines and CLI --field override them.
+    sources: list[str] = Field(default_factory=list, alias="from")
+    default: str | None = None
+
+    def spec(self) -> FieldSpec:
+        return FieldSpec(key=self.key, label=self.label, synonyms=self.synonyms,
+                         required=self.required)
+
+
+class AutoEscalation(_Strict):
+    """Escalate an opening mail by itself when its products route to the target."""
+
+    enabled: bool = False
+    priorities: list[Priority] = Field(default_factory=lambda: ["A", "B", "C"])
+
+
+class VendorReminders(_Strict):
+    """After `reply_within_hours` without an answer: remind, then every `every_hours`."""
+
+    every_hours: float = Field(default=8, gt=0)
+    max: int = Field(default=3, ge=0)
+
+
+class EscalationTarget(_Strict):
+    """Operations (internal), a vendor that opens its own ticket, or one that follows the thread."""
+
+    label: str = Field(min_length=1)
+    kind: Literal["internal", "ticketing_vendor", "thread_vendor"]
+    address: str
+    # Addresses or domains whose mail is this target's answer (default: the address).
+    senders: list[str] = Field(default_factory=list)
+    template: str = Field(pattern=r"^[\w.-]+\.j2$")
+    fields: list[EscalationField] = Field(default_factory=list)
+    products: list[str] = Field(default_factory=list)
+    product_field: str = "productos"
+    auto_escalate: AutoEscalation = Field(default_factory=AutoEscalation)
+    # Finds the target's own ticket number ("Ticket #12345") in its answers: one group.
+    ticket_pattern: str | None = None
+    reply_within_hours: float = Field(default=8, gt=0)
+    reminders: VendorReminders = Field(default_factory=VendorReminders)
+    # Staff told about answers and silence when no staff member is on the case.
+    notify: list[str] = Field(min_length=1)
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+
+    _addr = field_validator("address")(_check_email)
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: list[str]) -> list[str]:
+        return [_check_email(v) for v in value]
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            entry = entry.strip().lower()
+            if "@" in entry:
+                entry = _check_email(entry)
+            elif not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", entry):
+                raise ValueError(f"not an address or a domain: {entry!r}")
+            out.append(entry)
+        return out
+
+    @field_validator("ticket_pattern")
+    @classmethod
+    def _ticket_pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        if compiled.groups != 1:
+            raise ValueError("the pattern needs exactly one group: the ticket number")
+        return value
+
+    @cached_property
+    def ticket_regex(self) -> re.Pattern[str] | None:
+        return re.compile(self.ticket_pattern) if self.ticket_pattern else None
+
+    @property
+    def sender_entries(self) -> list[str]:
+        return self.senders or [self.address]
+
+
 class Rules(_Strict):
     """The whole rules file."""
 
@@ -137,6 +244,8 @@ class Rules(_Strict):
     tenant_pattern: str
     plans: dict[str, Plan]
     tenants: list[Tenant] = Field(default_factory=list)
+    # Operations and vendors a case can be escalated to (seed 002), by name.
+    escalation_targets: dict[str, EscalationTarget] = Field(default_factory=dict)
 
     @field_validator("tenant_pattern")
     @classmethod
@@ -243,6 +352,75 @@ class Rules(_Strict):
     @cached_property
     def own_addresses(self) -> frozenset[str]:
         return frozenset({self.desk.from_address, *(a.address for a in self.addresses)})
+
+    @model_validator(mode="after")
+    def _escalation_references(self) -> Rules:
+        template_keys = {spec.key for spec in self.template.fields}
+        own_domains = {a.rsplit("@", 1)[1] for a in self.own_addresses}
+        for name, target in self.escalation_targets.items():
+            at: tuple[str | int, ...] = ("escalation_targets", name)
+            if not _TARGET_NAME_RE.match(name):
+                raise _PlacedError(at, "a target name is lower-case letters, digits, - or _ "
+                                   "(staff write it: «#escalar NAME»)")
+            if target.kind == "ticketing_vendor" and not target.ticket_pattern:
+                raise _PlacedError((*at, "ticket_pattern"),
+                                   "a ticketing_vendor needs ticket_pattern (its ticket number)")
+            if target.address in self.own_addresses:
+                raise _PlacedError((*at, "address"), "a target cannot be one of our addresses")
+            for index, entry in enumerate(target.senders):
+                if "@" not in entry and (entry in own_domains or entry in self.desk.staff_domains):
+                    raise _PlacedError((*at, "senders", index),
+                                       f"{entry} is our own or a staff domain; list addresses")
+            if target.product_field not in template_keys:
+                raise _PlacedError((*at, "product_field"),
+                                   f"{target.product_field!r} is not a template field key")
+            keys: set[str] = set()
+            for index, spec in enumerate(target.fields):
+                if spec.key in keys:
+                    raise _PlacedError((*at, "fields", index, "key"), f"{spec.key!r} twice")
+                keys.add(spec.key)
+                for source in spec.sources:
+                    if source not in template_keys and source not in ESCALATION_VALUE_SOURCES:
+                        raise _PlacedError(
+                            (*at, "fields", index, "from"),
+                            f"unknown source {source!r} (template keys, or "
+                            f"{', '.join(sorted(ESCALATION_VALUE_SOURCES))})",
+                        )
+            if _TEMPLATES_DIR.is_dir() and not (_TEMPLATES_DIR / target.template).is_file():
+                raise _PlacedError((*at, "template"), f"no template {target.template!r}")
+        return self
+
+    def escalation_target(self, name: str) -> EscalationTarget | None:
+        return self.escalation_targets.get((name or "").strip().casefold())
+
+    @cached_property
+    def _escalation_senders(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, target in self.escalation_targets.items():
+            for entry in target.sender_entries:
+                out.setdefault(entry, name)
+        return out
+
+    def escalation_target_for_sender(self, address: str) -> str | None:
+        """The target whose answer a mail from `address` is (exact address, then domain)."""
+        address = (address or "").strip().lower()
+        if "@" not in address:
+            return None
+        local, domain = address.rsplit("@", 1)
+        base = f"{local.split('+', 1)[0]}@{domain}"
+        senders = self._escalation_senders
+        return senders.get(address) or senders.get(base) or senders.get(domain)
+
+    def escalation_targets_for_products(self, products: list[str]) -> list[str]:
+        """Targets whose `products` name one of these (case-insensitive, whole words)."""
+        found = []
+        for name, target in self.escalation_targets.items():
+            for product in target.products:
+                word = re.compile(rf"(?<![\w-]){re.escape(product)}(?![\w-])", re.IGNORECASE)
+                if any(word.search(str(p)) for p in products):
+                    found.append(name)
+                    break
+        return found
 
 
 class _PlacedError(ValueError):

@@ -62,6 +62,18 @@ class Draft:
     message_id: str | None = None
     auto_submitted: str = "auto-replied"
     extra_headers: dict[str, str] = field(default_factory=dict)
+    attachments: list[DraftAttachment] = field(default_factory=list)
+    # False for mail whose automatic answer we want (a vendor's ticket number).
+    suppress_auto_responses: bool = True
+
+
+@dataclass(frozen=True)
+class DraftAttachment:
+    """A file sent with the mail (evidence forwarded to a vendor)."""
+
+    filename: str
+    content_type: str
+    data: bytes
 
 
 def render(draft: Draft, templates_dir: str | None = None) -> tuple[str, bytes]:
@@ -89,10 +101,19 @@ def render(draft: Draft, templates_dir: str | None = None) -> tuple[str, bytes]:
     if draft.reply_to:
         msg["Reply-To"] = _address(draft.reply_to, draft.from_name)
     msg["Auto-Submitted"] = draft.auto_submitted
-    # Ask Exchange/Outlook not to answer with out-of-office and receipts.
-    msg["X-Auto-Response-Suppress"] = "All"
+    if draft.suppress_auto_responses:
+        # Ask Exchange/Outlook not to answer with out-of-office and receipts.
+        msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Loop"] = draft.from_address
     for name, value in draft.extra_headers.items():
         msg[name] = clean_header_text(value)
     msg.set_content(body, charset="utf-8", cte="quoted-printable")
+    for item in draft.attachments:
+        maintype, _, subtype = item.content_type.partition("/")
+        # Only leaf types: bytes cannot make a message/* or multipart/* part.
+        if not (maintype.isalpha() and subtype) or maintype in ("message", "multipart") \
+                or not all(c.isalnum() or c in "+-." for c in subtype):
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(item.data, maintype=maintype, subtype=subtype,
+                           filename=clean_header_text(item.filename) or "adjunto")
     return message_id, msg.as_bytes(policy=SMTP)

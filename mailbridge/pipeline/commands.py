@@ -63,18 +63,41 @@ def _prioridad(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandRe
 
 
 def _escalar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
+    """Send the case to Operations or a vendor; missing required fields are asked back."""
+    from mailbridge.escalation.fields import strip_field_lines
+    from mailbridge.escalation.service import ORIGIN_STAFF, escalate
+
     target = (cmd.args[0] if cmd.args else "").casefold()
     if not target:
-        return CommandResult(cmd.line, False, "indique a quién escalar, p. ej. «#escalar hibot»")
+        # Without a name, the case's products choose (INBOUND → hibot …) when only one fits.
+        products = (ticket.fields or {}).get("productos") or []
+        fits = ctx.rules.escalation_targets_for_products(
+            products if isinstance(products, list) else [str(products)]
+        )
+        if len(fits) != 1:
+            known = ", ".join(sorted(ctx.rules.escalation_targets))
+            return CommandResult(cmd.line, False,
+                                 f"indique a quién escalar, p. ej. «#escalar hibot» ({known})")
+        target = fits[0]
     ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="escalation_requested", at=ctx.now,
                                 data={"target": target, "by": ctx.sender}))
-    return CommandResult(cmd.line, True, f"escalamiento a «{target}» registrado")
+    result = escalate(
+        ctx.session, ctx.rules, ticket, target, now=ctx.now,
+        evidence_dir=ctx.settings.evidence_dir, origin=ORIGIN_STAFF,
+        requested_by=ctx.sender, requested_by_name=ctx.mail.from_name or None,
+        text=ctx.body, inbound_id=ctx.inbound.id,
+    )
+    found = ctx.rules.escalation_target(target)
+    if found is not None:
+        # Its «Etiqueta: valor» lines were for the target, not for the customer.
+        ctx.body = strip_field_lines(ctx.body, found)
+    return CommandResult(cmd.line, result.ok, result.message)
 
 
 COMMANDS: dict[str, tuple[Handler, str]] = {
     "estado": (_estado, "#estado abierto|en_progreso|resuelto|cerrado"),
     "prioridad": (_prioridad, "#prioridad A|B|C"),
-    "escalar": (_escalar, "#escalar <destino>"),
+    "escalar": (_escalar, "#escalar <destino> (y una línea «Etiqueta: valor» por dato)"),
 }
 
 

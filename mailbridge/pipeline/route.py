@@ -11,6 +11,9 @@ from mailbridge.pipeline.context import (
 )
 from mailbridge.pipeline.mailing import queue_auto_reply
 
+# Operations or a vendor a case was escalated to (rules.yaml `escalation_targets`).
+ROLE_VENDOR = "vendor"
+
 
 class Route:
     name = "route"
@@ -36,7 +39,10 @@ class Route:
         ctx.tenant = rules.tenant(ctx.tenant_id)
         if ctx.tenant is not None:
             ctx.tenant_id = ctx.tenant.id
-        if rules.is_staff(ctx.sender):
+        # A target's own address wins over the staff domain (Operations may share it).
+        if rules.escalation_target_for_sender(ctx.sender) is not None:
+            ctx.sender_role = ROLE_VENDOR
+        elif rules.is_staff(ctx.sender):
             ctx.sender_role = ROLE_STAFF
         return None
 
@@ -51,7 +57,7 @@ class Senders:
         if ctx.ticket is not None:
             ticket = ctx.ticket
             known = {ticket.sender, *(ticket.cc or [])}
-            if ctx.sender_role != ROLE_STAFF and sender not in known:
+            if ctx.sender_role not in (ROLE_STAFF, ROLE_VENDOR) and sender not in known:
                 tenant_contacts = set(ctx.tenant.contacts) if ctx.tenant else set()
                 if sender not in tenant_contacts:
                     ctx.sender_role = ROLE_EXTERNAL

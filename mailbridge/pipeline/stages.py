@@ -10,6 +10,7 @@ from mailbridge.pipeline.content import ClosedCase, Redact, RefuseEncrypted, Val
 from mailbridge.pipeline.context import MailContext, Outcome
 from mailbridge.pipeline.route import Route, Senders
 from mailbridge.pipeline.thread import Thread
+from mailbridge.pipeline.vendor import AutoEscalate, VendorFollowUp, VendorMail
 
 
 class Stage(Protocol):
@@ -20,6 +21,7 @@ class Stage(Protocol):
 
 
 STAGES: list[Stage] = [
+    VendorMail(),      # Operations/vendors: on the case (their auto-answers too), to staff only
     Classify(),        # robots, bounces, lists, our own mail
     Deduplicate(),     # the same Message-ID twice
     Thread(),          # [Caso N], soporte+N@, In-Reply-To/References
@@ -29,5 +31,7 @@ STAGES: list[Stage] = [
     RefuseEncrypted(), # S/MIME and PGP openings answered
     Validate(),        # the opening template's fields
     ClosedCase(),      # closed cases are not reopened
+    VendorFollowUp(),  # staff writing to a vendor: recorded, not relayed to the customer
+    AutoEscalate(),    # an opening whose product routes to a vendor (rule): Apply, then send
     Apply(),           # the case, its message, evidence and the outbox
 ]

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from mailbridge.escalation.vendors import case_by_vendor_ticket
 from mailbridge.outbound.outbox import OutboxMail
 from mailbridge.parse.replies import find_case_number
 from mailbridge.pipeline.context import MailContext, Outcome
@@ -39,6 +40,13 @@ class Thread:
             if ticket_id is not None:
                 ctx.ticket = ctx.session.get(Ticket, ticket_id)
                 ctx.threaded_by = "references"
+        if ctx.ticket is None:
+            # A vendor's own ticket number ("Ticket #12345"), once its answer gave it.
+            ticket = case_by_vendor_ticket(
+                ctx.session, ctx.rules, ctx.sender, ctx.mail.subject, ctx.mail.text
+            )
+            if ticket is not None:
+                ctx.ticket, ctx.threaded_by = ticket, "vendor-ticket"
         return None
 
 

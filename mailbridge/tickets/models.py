@@ -140,5 +140,50 @@ class AddressStatus(Base):
     last_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+
+# Where an escalation stands; what staff read, so Spanish.
+VENDOR_MISSING_DATA = "faltan_datos"  # asked of staff, nothing sent yet
+VENDOR_SENT = "enviado"  # sent (or followed up); waiting for the target
+VENDOR_REGISTERED = "registrado"  # its automatic answer gave its ticket number; still waiting
+VENDOR_ANSWERED = "respondido"  # a person at the target answered
+VENDOR_CLOSED = "cerrado"  # the case closed: no more reminders
+VENDOR_WAITING_STATES = (VENDOR_SENT, VENDOR_REGISTERED)
+VENDOR_ACTIVE_STATES = (VENDOR_SENT, VENDOR_REGISTERED, VENDOR_ANSWERED)
+
+
+class VendorReference(Base):
+    """One escalation of a case to Operations or a vendor: its ticket number and state."""
+
+    __tablename__ = "vendor_references"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    target: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(20))
+    address: Mapped[str] = mapped_column(String(320))
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    # The target's own ticket number, once its answer gave one.
+    vendor_ticket: Mapped[str | None] = mapped_column(String(64))
+    # Our escalation mail's Message-ID (its answers reference it).
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    requested_by: Mapped[str | None] = mapped_column(String(320))
+    origin: Mapped[str] = mapped_column(String(10))  # staff | cli | rule
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    missing_fields: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Since when we wait for the target; None while the ball is in our court.
+    awaiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Staff told of silence in this wait (the first `reminders.max` also remind the target).
+    overdue_notices: Mapped[int] = mapped_column(default=0)
+    reminders: Mapped[int] = mapped_column(default=0)  # sent to the target, in all
+    last_reminder_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 Index("ix_tickets_tenant_status", Ticket.tenant_id, Ticket.status)
 Index("ix_auto_replies_address_at", AutoReply.address, AutoReply.at)
+Index("ix_vendor_references_target_ticket", VendorReference.target, VendorReference.vendor_ticket)

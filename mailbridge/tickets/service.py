@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from mailbridge.escalation.vendors import reference_json
 from mailbridge.outbound.outbox import OutboxMail
-from mailbridge.tickets.models import Ticket
+from mailbridge.tickets.models import Ticket, VendorReference
 
 
 def _iso(value: Any) -> str | None:
@@ -77,6 +78,12 @@ def ticket_json(session: Session, ticket: Ticket) -> dict[str, Any]:
         "events": [
             {"kind": e.kind, "at": _iso(e.at), "data": dict(e.data or {})} for e in ticket.events
         ],
+        # Escalations to Operations and vendors, oldest first, each with its state.
+        "vendor_references": [reference_json(r) for r in session.scalars(
+            select(VendorReference)
+            .where(VendorReference.ticket_id == ticket.id)
+            .order_by(VendorReference.id)
+        )],
     }
 
 
