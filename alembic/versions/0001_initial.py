@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-28 02:10:05.727826
+Create Date: 2026-11-28 02:19:25.025993
 """
 from collections.abc import Sequence
 
@@ -123,6 +123,37 @@ def upgrade() -> None:
     with op.batch_alter_table('ticket_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ticket_events_ticket_id'), ['ticket_id'], unique=False)
 
+    op.create_table('vendor_references',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('target', sa.String(length=40), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('address', sa.String(length=320), nullable=False),
+    sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('vendor_ticket', sa.String(length=64), nullable=True),
+    sa.Column('message_id', sa.String(length=998), nullable=True),
+    sa.Column('requested_by', sa.String(length=320), nullable=True),
+    sa.Column('origin', sa.String(length=10), nullable=False),
+    sa.Column('fields', sa.JSON(), nullable=False),
+    sa.Column('missing_fields', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('registered_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('answered_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('awaiting_since', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('overdue_notices', sa.Integer(), nullable=False),
+    sa.Column('reminders', sa.Integer(), nullable=False),
+    sa.Column('last_reminder_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_vendor_references_ticket_id_tickets')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_vendor_references'))
+    )
+    with op.batch_alter_table('vendor_references', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_vendor_references_state'), ['state'], unique=False)
+        batch_op.create_index('ix_vendor_references_target_ticket', ['target', 'vendor_ticket'], unique=False)
+        batch_op.create_index(batch_op.f('ix_vendor_references_ticket_id'), ['ticket_id'], unique=False)
+
     op.create_table('imap_messages',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('account', sa.String(length=64), nullable=False),
@@ -229,6 +260,12 @@ def downgrade() -> None:
         batch_op.drop_index('ix_imap_messages_account_state')
 
     op.drop_table('imap_messages')
+    with op.batch_alter_table('vendor_references', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_vendor_references_ticket_id'))
+        batch_op.drop_index('ix_vendor_references_target_ticket')
+        batch_op.drop_index(batch_op.f('ix_vendor_references_state'))
+
+    op.drop_table('vendor_references')
     with op.batch_alter_table('ticket_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ticket_events_ticket_id'))
 
