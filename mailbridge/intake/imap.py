@@ -39,6 +39,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mailbridge.db import Base, Database, UTCDateTime, utcnow
 from mailbridge.intake.imap_config import CredentialError, ImapAccount
+from mailbridge.leases import lease
 from mailbridge.spool import STATE_DONE, STATE_QUARANTINED, InboundMail, new_inbound
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,12 @@ class ImapPollerState:
     last_error_at: datetime | None = None
     auth_failed: bool = False
     stored_total: int = 0
+    # Another worker holds this account's lease: this one waits to take over.
+    standby: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.connected and not self.auth_failed
+        return (self.connected or self.standby) and not self.auth_failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +172,7 @@ class ImapPollerState:
             "last_ok_at": self.last_ok_at.isoformat() if self.last_ok_at else None,
             "last_error": self.last_error,
             "auth_failed": self.auth_failed,
+            "standby": self.standby,
         }
 
 
@@ -318,13 +322,20 @@ class ImapPoller:
         attempt = 0
         while not self._stop.is_set():
             try:
-                with self._session() as client:
-                    while not self._stop.is_set():
-                        self._wake.clear()
-                        self._cycle(client)
-                        attempt = 0
-                        if not self._arrived_meanwhile(client):
-                            self._wait_for_news(client)
+                with lease(self.db, f"imap:{self.account.name}") as held:
+                    if not held:
+                        # One worker polls an account; the others stand by to take over.
+                        self._set_state(standby=True)
+                        self._stop.wait(self.account.poll_interval)
+                        continue
+                    self._set_state(standby=False)
+                    with self._session() as client:
+                        while not self._stop.is_set():
+                            self._wake.clear()
+                            self._cycle(client)
+                            attempt = 0
+                            if not self._arrived_meanwhile(client):
+                                self._wait_for_news(client)
             except Exception as exc:
                 if self._stop.is_set():
                     break

@@ -22,18 +22,25 @@ def case_reply_to(from_address: str, number: int) -> str:
     return f"{local}+{number}@{domain}"
 
 
-def auto_reply_allowed(ctx: MailContext, address: str) -> bool:
+def auto_reply_allowed(ctx: MailContext, address: str, kind: str) -> bool:
     """RFC 3834 rate limit per address, and never to an address that hard-bounced."""
     status = ctx.session.get(AddressStatus, address)
     if status is not None and status.hard:
         log.info("no automatic mail to a hard-bounced address", extra={"rcpt": address})
         return False
     since = ctx.now - timedelta(hours=1)
+    desk = ctx.rules.desk
+    is_ack = kind == "ack"
+    same_kind = AutoReply.kind == "ack" if is_ack else AutoReply.kind != "ack"
     sent = ctx.session.scalar(
-        select(func.count(AutoReply.id)).where(AutoReply.address == address, AutoReply.at >= since)
+        select(func.count(AutoReply.id)).where(
+            AutoReply.address == address, AutoReply.at >= since, same_kind
+        )
     )
-    if (sent or 0) >= ctx.rules.desk.auto_reply_limit_per_hour:
-        log.warning("auto-reply rate limit reached", extra={"rcpt": address, "sent": sent})
+    limit = desk.ack_limit_per_hour if is_ack else desk.auto_reply_limit_per_hour
+    if (sent or 0) >= limit:
+        log.warning("auto-reply rate limit reached",
+                    extra={"rcpt": address, "sent": sent, "kind": kind})
         return False
     return True
 
@@ -53,7 +60,7 @@ def queue_auto_reply(
     if not ctx.may_auto_reply:
         return False
     recipients = to or [ctx.sender]
-    if not all(auto_reply_allowed(ctx, r) for r in recipients):
+    if not all(auto_reply_allowed(ctx, r, kind) for r in recipients):
         return False
     desk = ctx.rules.desk
     if subject is None:
