@@ -36,8 +36,11 @@ class Desk(_Strict):
     from_name: str = "Mesa de Soporte"
     case_token: str = "Caso"
     shared_mailboxes: list[str] = Field(default_factory=list)
-    # At most this many automatic mails to one address per hour (RFC 3834 §2).
+    # At most this many automatic mails to one address per hour (RFC 3834 §2):
+    # refusals and notices, and apart from them the acknowledgements of new cases
+    # (a registered contact may open many cases; a forged flood may not bounce back).
     auto_reply_limit_per_hour: int = Field(default=5, ge=1)
+    ack_limit_per_hour: int = Field(default=60, ge=1)
     # A new mail whose subject matches an open case of the same tenant within
     # this window is linked to that case (seed 004: one subject per case).
     duplicate_window_hours: float = Field(default=72, ge=0)
