@@ -259,7 +259,7 @@ def escalate(
     }))
     session.flush()
     return EscalationResult(
-        SENT, name, f"escalado a {target.label} ({target.address}), correo {row.message_id}",
+        SENT, name, f"escalado a {target.label} ({target.address})",
         reference=reference, message_id=row.message_id,
     )
 
