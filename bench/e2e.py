@@ -44,17 +44,27 @@ from harness import (
     Profiler,
     SinkProcess,
     bench_rules,
+    cpu_by_thread,
     make_workdir,
     mono_now,
     prepare_tree,
+    thread_names,
     wait_until,
 )
-from load import SmtpConn, Tracker, run_burst
+from load import Sent, SmtpConn, Tracker, run_burst
 from pyspy_summary import render as render_profile
 from pyspy_summary import summarize as summarize_profile
 from steady import steady_phase
 
 MB = 1024 * 1024
+
+
+def loadavg() -> float:
+    """The 1-minute load average: others' tests on this machine skew every figure."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def log(text: str) -> None:
@@ -135,16 +145,19 @@ def mailbridge_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Ma
         if args.profile:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             RESULTS.mkdir(parents=True, exist_ok=True)
-            profiler = Profiler(daemon.pid, RESULTS / f"profile-{stamp}.txt",
-                                rate=args.profile_rate)
+            profiler = Profiler(daemon.pid, RESULTS / f"profile-{stamp}-{args.profile}.txt",
+                                rate=args.profile_rate, gil=args.profile == "gil")
             profiler.start()
         cpu0 = daemon.cpu_seconds()
+        threads0 = daemon.thread_cpu()
         start, last_250 = run_burst(tracker, daemon.smtp_port, args.clients, args.timeout)
         log(f"burst: last 250 after {last_250 - start:.2f}s; waiting for the pipeline")
         drained = wait_drained(daemon, tracker, args.drain_timeout)
         cpu1 = daemon.cpu_seconds()
+        threads1 = daemon.thread_cpu()
         if profiler is not None:
             profiler.stop()
+        result["cpu_by_thread"] = cpu_by_thread(threads0, threads1, thread_names(daemon.pid))
         memory = daemon.memory()
         ack_times = [min(t) for t in tracker.acks.values()]
         ends = [*ack_times]
@@ -297,7 +310,8 @@ def imap_phase(args: argparse.Namespace) -> dict[str, Any]:
     workdir = make_workdir("imap", args.workdir)
     result: dict[str, Any] = {"mails": count}
     server = DovecotServer()
-    sink = SinkProcess("relay", workdir).start()
+    tracker = Tracker(corpus, mails, wait_for_replies=False)
+    sink = SinkProcess("relay", workdir, on_event=tracker.on_sink_event).start()
     daemon: DaemonProcess | None = None
     try:
         server.start()
@@ -316,7 +330,10 @@ def imap_phase(args: argparse.Namespace) -> dict[str, Any]:
         t0 = mono_now()
         with server.client() as client:
             for mail in mails:
+                t_mail = mono_now()
                 client.append("INBOX", mail.raw)
+                # the APPEND's OK stands in for the 250: latency is APPEND → ack
+                tracker.record(Sent(mail, t_mail, mono_now(), 250, "APPEND"))
         t_appended = mono_now()
 
         def ticketed() -> int:
@@ -330,13 +347,19 @@ def imap_phase(args: argparse.Namespace) -> dict[str, Any]:
 
         done = wait_until(lambda: ticketed() >= count, args.drain_timeout, interval=0.2)
         t_end = mono_now()
+        acked = wait_until(lambda: tracker.acked_count() >= count, 30)
+        acks = [min(t) for t in tracker.acks.values()]
         result.update({
             "append_seconds": round(t_appended - t0, 3),
             "all_tickets": done,
             "tickets": ticketed(),
             "seconds_to_all_tickets": round(t_end - t0, 3),
             "rate": round(count / max(1e-9, t_end - t0), 2),
-            "acks": sink.count(),
+            "all_acked": acked,
+            "acks": len(acks),
+            "seconds_to_all_acks": round(max(acks) - t0, 3) if acks else None,
+            "append_to_ack": ack_latencies(tracker)["ack_after_250"],
+            "duplicates": sum(1 for t in tracker.acks.values() if len(t) > 1),
         })
         log(f"imap: {count} mails APPENDed → {result['tickets']} tickets in "
             f"{result['seconds_to_all_tickets']}s")
@@ -380,6 +403,8 @@ def table(report: dict[str, Any]) -> str:
     slat = steady.get("ack_after_250", {})
     ratios = report.get("ratios", {})
     rows: list[tuple[str, str, str]] = []
+    if "error" in mb:
+        rows.append(("mailbridge", "FAILED", mb["error"].strip().splitlines()[-1][:100]))
 
     def row(name: str, value: str, target: str = "") -> None:
         rows.append((name, value, target))
@@ -409,7 +434,9 @@ def table(report: dict[str, Any]) -> str:
         row(f"one {mem['message_bytes'] / 1e6:.0f} MB mail: peak RSS increase",
             f"{_mb(mem.get('peak_increase'))} = {inc}x size",
             f"< 4x {_verdict(inc is not None and inc < 4)}")
-    row("daemon CPU per mail (burst)", f"{mb.get('daemon_cpu_ms_per_mail', '-')} ms")
+    threads = ", ".join(f"{k} {v:.1f}s" for k, v in list(mb.get("cpu_by_thread", {}).items())[:4])
+    row("daemon CPU per mail (burst)", f"{mb.get('daemon_cpu_ms_per_mail', '-')} ms",
+        f"CPU share {mb.get('daemon_cpu_share', '-')} of a core; {threads}")
     row("250'd / tickets (cli, db) / acked openings",
         f"{corr.get('sent_250', '-')} / {corr.get('tickets_cli', '-')}, "
         f"{corr.get('tickets_db', '-')} / {corr.get('acked_openings', '-')}"
@@ -427,10 +454,23 @@ def table(report: dict[str, Any]) -> str:
     imap = report.get("imap", {})
     if "skipped" in imap:
         row("imap", "skipped", imap["skipped"][:70])
+    elif "error" in imap:
+        row("imap", "failed", str(imap["error"])[:70])
     elif imap:
         row("imap APPEND -> all tickets", f"{imap.get('rate', '-')} msgs/s",
             f"{imap.get('tickets')} of {imap.get('mails')} in "
-            f"{imap.get('seconds_to_all_tickets')}s")
+            f"{imap.get('seconds_to_all_tickets')}s; all acked after "
+            f"{imap.get('seconds_to_all_acks')}s")
+        alat = imap.get("append_to_ack", {})
+        row("imap APPEND -> ack p50 / p99 / max",
+            " / ".join(_ms(alat.get(k)) for k in ("p50", "p99", "max")),
+            f"duplicates {imap.get('duplicates')}")
+    loads = [report.get(k, {}).get("loadavg_before_after") for k in
+             ("reference", "mailbridge", "memory", "imap")]
+    busy = [x for pair in loads if pair for x in pair]
+    if busy:
+        row("load average seen (1 min)", f"max {max(busy):.2f}",
+            "other work on this 2-core machine skews the figures" if max(busy) > 2.5 else "")
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:<{vwidth}}  {c}".rstrip() for a, b, c in rows)
@@ -457,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the 25 MB phase")
     parser.add_argument("--no-imap", action="store_true")
     parser.add_argument("--imap-mails", type=int, default=300)
-    parser.add_argument("--profile", action="store_true", help="py-spy the daemon in the burst")
+    parser.add_argument("--profile", nargs="?", const="gil", choices=("gil", "all"),
+                        help="py-spy the daemon during the burst: 'gil' (default) samples "
+                             "the thread holding the GIL, 'all' every busy thread")
     parser.add_argument("--profile-rate", type=int, default=100)
     parser.add_argument("--log-level", default="INFO", help="the daemon's MAILBRIDGE_LOG_LEVEL")
     parser.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
@@ -468,11 +510,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop waiting for acks to reply to after this long without one")
     parser.add_argument("--settle", type=float, default=1.0, help="idle seconds after start")
     parser.add_argument("--tree", default="working",
-                        help="what to benchmark: 'working' (the work tree as it is) or a git "
-                             "revision such as HEAD, exported with git archive")
+                        help="what to benchmark: 'working' (the work tree as it is), a git "
+                             "revision such as HEAD (exported with git archive), or a "
+                             "directory holding a mailbridge source tree")
     parser.add_argument("--auto-reply-limit", type=int, default=1_000_000,
-                        help="desk.auto_reply_limit_per_hour in the bench rules (3 contacts "
-                             "send thousands of mails; the shipped limit would drop acks)")
+                        help="desk.auto_reply_limit_per_hour and ack_limit_per_hour in the "
+                             "bench rules (3 contacts send thousands of mails an hour; the "
+                             "shipped limits would drop acks)")
     parser.add_argument("--workdir", default=None, help="where temporary data dirs go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dirs")
     parser.add_argument("--label", default="", help="free text saved with the results")
@@ -498,7 +542,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, started: datetime, t0
          rundir: Path) -> int:
     args.tree_path = prepare_tree(args.tree, rundir)
     args.rules_path, rules_note = bench_rules(
-        args.tree_path, rundir, {"auto_reply_limit_per_hour": args.auto_reply_limit})
+        args.tree_path, rundir, {"auto_reply_limit_per_hour": args.auto_reply_limit,
+                                 "ack_limit_per_hour": args.auto_reply_limit})
     log(f"tree: {args.tree_path}; {rules_note}")
     report: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -513,12 +558,24 @@ def _run(args: argparse.Namespace, argv: list[str] | None, started: datetime, t0
     }
     corpus, openings, reply_plan, total = build_corpus(args)
     if not args.no_reference:
+        load_before = loadavg()
         report["reference"] = reference_phase(args, corpus, openings, reply_plan)
-    report["mailbridge"] = mailbridge_phase(args, corpus, openings, reply_plan, total)
-    if not args.no_memory:
+        report["reference"]["loadavg_before_after"] = [load_before, loadavg()]
+    load_before = loadavg()
+    try:
+        report["mailbridge"] = mailbridge_phase(args, corpus, openings, reply_plan, total)
+    except RuntimeError as exc:  # the daemon did not start: say so, keep the report
+        log(f"mailbridge: failed: {exc}")
+        report["mailbridge"] = {"error": str(exc)[-2000:]}
+    report["mailbridge"]["loadavg_before_after"] = [load_before, loadavg()]
+    if not args.no_memory and "error" not in report["mailbridge"]:
+        load_before = loadavg()
         report["memory"] = memory_phase(args)
-    if not args.no_imap:
+        report["memory"]["loadavg_before_after"] = [load_before, loadavg()]
+    if not args.no_imap and "error" not in report["mailbridge"]:
+        load_before = loadavg()
         report["imap"] = imap_phase(args)
+        report["imap"]["loadavg_before_after"] = [load_before, loadavg()]
     ref_rate = report.get("reference", {}).get("rate")
     mb = report["mailbridge"]
     if ref_rate and "e2e_rate" in mb:

@@ -155,13 +155,15 @@ class SinkProcess:
 
 
 def prepare_tree(spec: str, workdir: Path) -> Path:
-    """The mailbridge source to benchmark: the work tree as it is, or a git revision.
+    """The mailbridge source to benchmark: the work tree, a git revision, or a directory.
 
     Other people edit the work tree while a benchmark runs; `--tree HEAD` (or any
     revision) measures a committed snapshot instead, exported with `git archive`.
     """
     if spec in ("", "working", "."):
         return REPO
+    if Path(spec).is_dir() and (Path(spec) / "mailbridge").is_dir():
+        return Path(spec).resolve()  # a patched copy, e.g. to measure a proposed change
     target = workdir / f"tree-{spec.replace('/', '_')}"
     target.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", spec], capture_output=True,
@@ -181,22 +183,30 @@ def bench_rules(tree: Path, workdir: Path, overrides: dict[str, Any]) -> tuple[P
     import yaml
 
     original = tree / "rules.yaml"
-    data = yaml.safe_load(original.read_text(encoding="utf-8"))
-    desk = data.setdefault("desk", {})
-    desk.update(overrides)
     path = workdir / "bench-rules.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBRIDGE_")}
     env.update({"MAILBRIDGE_RULES": str(path), "MAILBRIDGE_DATA_DIR": str(workdir)})
     if tree != REPO:
         env["PYTHONPATH"] = str(tree)
-    check = subprocess.run([PYTHON, "-m", "mailbridge", "check-config"], env=env, cwd=workdir,
-                           capture_output=True, timeout=60, check=False)
-    if check.returncode != 0:
-        return original, ("rules.yaml unchanged: check-config refused the bench overrides "
-                          + check.stdout.decode(errors="replace")[-300:]
-                          + check.stderr.decode(errors="replace")[-300:])
-    return path, f"rules.yaml with desk overrides {overrides}"
+
+    def accepted(desk_overrides: dict[str, Any]) -> tuple[bool, str]:
+        data = yaml.safe_load(original.read_text(encoding="utf-8"))
+        data.setdefault("desk", {}).update(desk_overrides)
+        path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
+                        encoding="utf-8")
+        check = subprocess.run([PYTHON, "-m", "mailbridge", "check-config"], env=env,
+                               cwd=workdir, capture_output=True, timeout=60, check=False)
+        why = (check.stdout + check.stderr).decode(errors="replace").strip()[-300:]
+        return check.returncode == 0, why
+
+    ok, why = accepted(overrides)
+    if ok:
+        return path, f"rules.yaml with desk overrides {overrides}"
+    # An older or newer tree may not know every key (desk settings forbid extras).
+    kept = {k: v for k, v in overrides.items() if accepted({k: v})[0]}
+    if kept and accepted(kept)[0]:
+        return path, f"rules.yaml with desk overrides {kept} (refused: {why})"
+    return original, f"rules.yaml unchanged: check-config refused the bench overrides: {why}"
 
 
 class DaemonProcess:
@@ -307,6 +317,23 @@ class DaemonProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def thread_cpu(self) -> dict[int, float]:
+        """CPU seconds per native thread id (Python threads have no OS names here)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        out: dict[int, float] = {}
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return out
+        for tid in tids:
+            try:
+                fields = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+            except OSError:
+                continue
+            parts = fields.split()
+            out[int(tid)] = (int(parts[11]) + int(parts[12])) / ticks
+        return out
+
     def db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         conn.execute("PRAGMA busy_timeout=30000")
@@ -360,13 +387,51 @@ def queue_depths(daemon: DaemonProcess) -> dict[str, int]:
 # --- py-spy --------------------------------------------------------------------------------
 
 
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name, from `py-spy dump` ({} without py-spy)."""
+    binary = Profiler.binary()
+    if binary is None:
+        return {}
+    done = subprocess.run([binary, "dump", "--pid", str(pid), "--nonblocking"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    names: dict[int, str] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("Thread "):
+            parts = line.split()
+            name = line.split('"')[1] if '"' in line else "?"
+            try:
+                names[int(parts[1], 0)] = name
+            except ValueError:
+                continue
+    return names
+
+
+def cpu_by_thread(before: dict[int, float], after: dict[int, float],
+                  names: dict[int, str]) -> dict[str, float]:
+    """CPU seconds spent between two `thread_cpu()` snapshots, by thread name."""
+    import re
+
+    out: dict[str, float] = {}
+    for tid, seconds in after.items():
+        used = seconds - before.get(tid, 0.0)
+        if used <= 0:
+            continue
+        name = re.sub(r"_\d+$", "_N", names.get(tid, f"tid {tid}"))
+        out[name] = round(out.get(name, 0.0) + used, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 class Profiler:
     """py-spy attached to the daemon (sampling, non-blocking, per thread)."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 100, gil: bool = True) -> None:
         self.pid = pid
         self.out = out
         self.rate = rate
+        # --gil samples only the thread holding the GIL: what limits throughput when
+        # the daemon is CPU-bound on one interpreter. Without it, threads waiting in
+        # fsync or on SQLite's lock show too.
+        self.gil = gil
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -384,7 +449,7 @@ class Profiler:
             raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
         self.proc = subprocess.Popen(
             [binary, "record", "--pid", str(self.pid), "--nonblocking", "--threads",
-             "--full-filenames",
+             "--full-filenames", *(["--gil"] if self.gil else []),
              "--rate", str(self.rate), "--format", "raw", "--output", str(self.out)],
             stdout=subprocess.DEVNULL, stderr=open(self.out.with_suffix(".log"), "wb"),
         )

@@ -17,6 +17,8 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 def _short(path: str) -> str:
+    if "/mailbridge/" in path:
+        return "mailbridge/" + path.rsplit("/mailbridge/", 1)[1]
     for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
         if marker in path:
             return path.split(marker, 1)[1]
@@ -42,11 +44,10 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames[0]
-        if thread.startswith("thread ("):
-            # "thread (123): name" is followed by the thread's name as its own frame
-            name = frames[1] if len(frames) > 1 else thread
-            frames = frames[2:]
+        if frames[0].startswith("thread ("):
+            # "thread (123): name" comes first with --threads
+            name = frames[0].split(": ", 1)[1] if ": " in frames[0] else frames[0]
+            frames = frames[1:]
         else:
             name = "?"
         thread_name = re.sub(r"_\d+$", "_N", name)  # asyncio_0, asyncio_1 … together
@@ -63,8 +64,10 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
         return [{"frame": k, "samples": v, "share": round(v / total, 4) if total else 0.0}
                 for k, v in counter.most_common(n)]
 
+    project = Counter({k: v for k, v in inclusive.items() if "mailbridge/" in k})
     return {
         "samples": total,
+        "project": share(project, top * 2),
         "threads": share(threads, 20),
         "inclusive": share(inclusive, top),
         "self": share(leaf, top),
@@ -82,6 +85,8 @@ def render(summary: dict[str, Any], top: int = 20) -> str:
     lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary["threads"]]
     lines += ["", "inclusive (a frame anywhere on the stack):"]
     lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary["inclusive"][:top]]
+    lines += ["", "mailbridge's own functions, inclusive:"]
+    lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary.get("project", [])]
     lines += ["", "self (the frame on top):"]
     lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary["self"][:top]]
     for name, rows in summary["per_thread"].items():
