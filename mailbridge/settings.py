@@ -49,7 +49,24 @@ class Settings(BaseSettings):
     max_message_size: int = Field(default=32 * 1024 * 1024, description="bytes; larger gets 552")
     max_recipients: int = Field(default=20, description="RCPT TO per message; more gets 452")
     smtp_timeout: float = Field(default=300.0, description="idle seconds before the SMTP hangup")
+    smtp_session_timeout: float = Field(
+        default=900.0, gt=0, description="seconds one SMTP connection may last in all; then 421"
+    )
+    max_connections_per_peer: int = Field(
+        default=20, ge=1, description="concurrent SMTP connections from one IP; more get 421"
+    )
+    smtp_command_limit: int = Field(
+        default=200, ge=1, description="times one SMTP command may come per connection; then 421"
+    )
     hostname: str | None = Field(default=None, description="name in the SMTP greeting")
+    sender_auth: str = Field(
+        default="off", pattern=r"^(off|authres|dkim)$",
+        description="a contact's mail must pass DMARC/DKIM (authres: the trusted upstream's "
+        "Authentication-Results; dkim: verified here) or it counts as an unknown sender",
+    )
+    trusted_authserv_id: str | None = Field(
+        default=None, description="authserv-id of the upstream whose Authentication-Results count"
+    )
 
     max_attachment_size: int = Field(
         default=10 * 1024 * 1024, description="bytes; larger evidence is listed, not kept apart"

@@ -1,14 +1,17 @@
 """The SMTP listener: an aiosmtpd handler that only checks, stores and answers.
 
-Policy (which recipients, how big, how many) comes in from the rules and the
-settings; the answer 250 is given only after the spool commit returned.
+Policy (which recipients, how big, how many, how long, how often) comes in from
+the rules and the settings; the answer 250 is given only after the spool commit
+returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
@@ -163,18 +166,132 @@ def _received_header(session: Session, envelope: Envelope, hostname: str) -> byt
     return line.encode("ascii", "replace")
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """What one client may do: how long, how many connections, how many commands."""
+
+    idle_timeout: float
+    session_timeout: float
+    max_connections_per_peer: int
+    command_limit: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        return cls(
+            idle_timeout=settings.smtp_timeout,
+            session_timeout=settings.smtp_session_timeout,
+            max_connections_per_peer=settings.max_connections_per_peer,
+            command_limit=settings.smtp_command_limit,
+        )
+
+
+class PeerConnections:
+    """Live connections per client IP address, shared by one listener's sessions."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, ip: str) -> int:
+        self.counts[ip] += 1
+        return self.counts[ip]
+
+    def remove(self, ip: str) -> None:
+        self.counts[ip] -= 1
+        if self.counts[ip] <= 0:
+            del self.counts[ip]
+
+
+IDLE_GOODBYE = b"421 4.4.2 Idle for too long; closing connection\r\n"
+SESSION_GOODBYE = b"421 4.4.2 Connection lasted too long; closing it\r\n"
+BUSY_GOODBYE = "421 4.7.0 Too many connections from your address; try again later"
+
+
 class ListenerSMTP(SMTP):
-    """aiosmtpd's SMTP, tracking live connections so shutdown can close them."""
+    """aiosmtpd's SMTP with the listener's limits, tracking live connections for shutdown.
+
+    Limits: connections per peer IP (421 before the greeting), an idle timeout and a
+    total session time (both 421 and hang-up, but never while this session's mail
+    is being committed: its client must hear the answer), and each command at most
+    `command_limit` times per connection (aiosmtpd's call limit, 421).
+    """
 
     live: set[ListenerSMTP]
+    peers: PeerConnections
+    limits: SessionLimits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aiosmtpd keeps these on the class, so every EHLO of every session would
+        # raise the MAIL line limit for all of them: one dict per session instead.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self._peer_ip: str | None = None
+        self._over_peer_limit = False
+        self._storing = False
+        self._session_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         type(self).live.add(self)
+        if self._peer_ip is None:  # not again on a STARTTLS upgrade
+            peer = transport.get_extra_info("peername")
+            self._peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            count = self.peers.add(self._peer_ip)
+            self._over_peer_limit = count > self.limits.max_connections_per_peer
+            self._session_timer = asyncio.get_running_loop().call_later(
+                self.limits.session_timeout, self._session_expired
+            )
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         type(self).live.discard(self)
+        if self._peer_ip is not None and self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
+            self.peers.remove(self._peer_ip)
         super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._over_peer_limit:
+            log.warning("too many connections from one peer; refused",
+                        extra={"peer": self._peer_ip,
+                               "limit": self.limits.max_connections_per_peer})
+            await self.push(BUSY_GOODBYE)
+            self.close_transport()
+            return
+        await super()._handle_client()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        self._storing = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._storing = False
+
+    def _timeout_cb(self) -> None:
+        """Idle timeout (aiosmtpd's timer): say 421 before hanging up."""
+        if self._storing:
+            self._reset_timeout(1.0)
+            return
+        log.info("SMTP client idle too long; closed", extra={"peer": self._peer_ip})
+        self._goodbye(IDLE_GOODBYE)
+
+    def _session_expired(self) -> None:
+        if self.transport is None:
+            return
+        if self._storing:
+            self._session_timer = asyncio.get_running_loop().call_later(
+                1.0, self._session_expired
+            )
+            return
+        log.warning("SMTP session too long; closed",
+                    extra={"peer": self._peer_ip, "limit": self.limits.session_timeout})
+        self._goodbye(SESSION_GOODBYE)
+
+    def _goodbye(self, line: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(line)  # type: ignore[attr-defined]
+            self.transport.close()
 
     def close_transport(self) -> None:
         if self.transport is not None:
@@ -183,9 +300,13 @@ class ListenerSMTP(SMTP):
 
 def smtp_factory(handler: IntakeHandler, settings: Settings) -> Callable[[], ListenerSMTP]:
     hostname = settings.hostname or "mailbridge.localdomain"
+    limits = SessionLimits.from_settings(settings)
 
     class _Bound(ListenerSMTP):
         live: set[ListenerSMTP] = set()
+        peers = PeerConnections()
+
+    _Bound.limits = limits
 
     def make() -> ListenerSMTP:
         return _Bound(
@@ -195,7 +316,8 @@ def smtp_factory(handler: IntakeHandler, settings: Settings) -> Callable[[], Lis
             decode_data=False,
             hostname=hostname,
             ident="mailbridge ESMTP",
-            timeout=settings.smtp_timeout,
+            timeout=limits.idle_timeout,
+            command_call_limit=limits.command_limit,
         )
 
     make.live = _Bound.live  # type: ignore[attr-defined]
