@@ -135,6 +135,9 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
         print(f"  cliente: {data['tenant_id']}  remitente: {data['sender']}")
         for m in data["messages"]:
             print(f"  - {m['created_at']} {m['author_role']} {m['sender']}")
+        for r in data.get("vendor_references", []):
+            number = f" ticket #{r['vendor_ticket']}" if r["vendor_ticket"] else ""
+            print(f"  escalado a {r['target']}{number}: {r['state']} (desde {r['created_at']})")
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -25,8 +25,12 @@ from mailbridge.tickets.models import (
 log = logging.getLogger(__name__)
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "—"
+def _when(value: datetime | None, zone: tzinfo) -> str:
+    """A time as the desk reads it: in the tenant's zone (UTC when the case has none)."""
+    if value is None:
+        return "—"
+    local = value.astimezone(zone)
+    return f"{local:%Y-%m-%d %H:%M} ({getattr(zone, 'key', 'UTC')})"
 
 
 def next_overdue_at(reference: VendorReference, rules: Rules) -> datetime | None:
@@ -85,11 +89,13 @@ def remind_overdue_vendors(db: Database, rules: Rules, now: datetime) -> list[di
             if ticket is None:
                 continue
             step = reference.overdue_notices + 1
+            tenant = rules.tenant(ticket.tenant_id)
+            zone: tzinfo = tenant.zone if tenant is not None else UTC
             remind = reference.overdue_notices < target.reminders.max
             context = {
                 "target": target, "target_name": reference.target, "reference": reference,
-                "sent_at": _when(reference.sent_at),
-                "awaiting_since": _when(reference.awaiting_since),
+                "sent_at": _when(reference.sent_at, zone),
+                "awaiting_since": _when(reference.awaiting_since, zone),
                 "reminded": remind, "reminder_number": step,
             }
             if remind:

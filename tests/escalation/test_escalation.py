@@ -209,3 +209,54 @@ def test_a_closed_case_stops_reminders(db: Database, settings: Settings, rules: 
     assert remind_overdue_vendors(db, rules, now + timedelta(days=3)) == []
     (reference,) = case(db, 1)["vendor_references"]
     assert reference["state"] == "cerrado"
+
+
+def test_product_rule_asks_the_desk_for_missing_fields_then_staff_completes(
+    db: Database, settings: Settings
+) -> None:
+    text = DEMO.replace("    products: [INBOUND]\n    auto_escalate: {enabled: false}\n",
+                        "    products: [INBOUND]\n    auto_escalate: {enabled: true}\n")
+    rules = parse_rules(text)
+    body = ("Explicación detallada del incidente: jperez no ingresa a INBOUND.\n"
+            "Fecha y hora de la detección del incidente: 12/03/2026 09:10\n"
+            "Nombre del Cliente: Lafise Nicaragua\nPaís/Región del Cliente: Nicaragua\n"
+            "Impacto a la Operación del Cliente: un agente sin acceso.\n"
+            "Justificación de la Urgencia: cola de cobros.\n"
+            "Producto(s) Involucrado(s): INBOUND\n"
+            "Datos de Contacto del LCCD responsable del caso: María – maria@lafise.example\n")
+    raw = opening_mail(sender="maria@lafise.example", subject="TEN-2002 No ingresa", body=body)
+    result = deliver(db, settings, rules, raw.as_bytes(), rcpt="soporte-b@mesa.example",
+                     mail_from="maria@lafise.example")
+    assert result.outcome == "ticket"
+    sent = [(kind, rcpt) for kind, rcpt, _ in _outbox(db)]
+    assert sent == [("ack", ["maria@lafise.example"]),
+                    ("vendor_missing_fields", ["proveedores@mesa.example"])]
+    asked = _outbox(db)[1][2]
+    assert "Usuario que tiene el problema" in asked.get_content()
+    assert "#escalar hibot" in asked.get_content()
+    (reference,) = case(db, 1)["vendor_references"]
+    assert (reference["state"], reference["origin"]) == ("faltan_datos", "rule")
+
+    # «#escalar» alone: the case's product picks HIBOT; the field lines go to HIBOT only,
+    # the rest of the staff member's text is relayed to María as usual.
+    deliver(db, settings, rules, _staff_mail(
+        "RE: [Caso 1] TEN-2002 No ingresa",
+        "#escalar\nUsuario que tiene el problema: jperez\n"
+        "Correo asociado al usuario: jperez@lafise.example\n\n"
+        "María, escalamos el caso al proveedor de INBOUND."),
+        rcpt="soporte+1@mesa.example", mail_from="carla@mesa.example")
+    mails = {kind: (rcpt, msg) for kind, rcpt, msg in _outbox(db)[2:]}
+    assert mails["vendor_escalation"][0] == ["soporte@hibot.example"]
+    assert "Usuario que tiene el problema: jperez" in mails["vendor_escalation"][1].get_content()
+    relayed = mails["staff_answer"]
+    assert relayed[0] == ["maria@lafise.example"]
+    assert "escalamos el caso al proveedor" in relayed[1].get_content()
+    assert "jperez@lafise.example" not in relayed[1].get_content()
+    (reference,) = case(db, 1)["vendor_references"]
+    assert (reference["state"], reference["origin"]) == ("enviado", "staff")
+    # A second «#escalar hibot» is refused: the case is already with HIBOT.
+    deliver(db, settings, rules, _staff_mail("RE: [Caso 1] TEN-2002 No ingresa", "#escalar hibot"),
+            rcpt="soporte+1@mesa.example", mail_from="carla@mesa.example")
+    last = _outbox(db)[-1]
+    assert last[0] == "command_confirmation"
+    assert "ya está escalado a HIBOT" in last[2].get_content()
