@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailbridge.parse.template import FieldSpec
+from mailbridge.sla.clocks import PlanSLA
+from mailbridge.sla.config import ClosingConfig, EscalationConfig
 
 Priority = Literal["A", "B", "C"]
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -78,6 +81,8 @@ class PriorityLevel(_Strict):
 class Plan(_Strict):
     label: str
     max_contacts: int = Field(ge=1)
+    # Service hours and response targets (seed 003); without it cases get no response clock.
+    sla: PlanSLA | None = None
 
 
 class Tenant(_Strict):
@@ -88,6 +93,10 @@ class Tenant(_Strict):
     country: str = Field(min_length=2, max_length=2)
     contacts: list[str] = Field(default_factory=list)
     executive: str
+    # Public holidays are the country's (and this subdivision's, e.g. a state); the desk is
+    # also closed for this tenant on `closed_dates`.
+    subdivision: str | None = None
+    closed_dates: list[date] = Field(default_factory=list)
 
     @field_validator("contacts")
     @classmethod
@@ -245,6 +254,10 @@ class Rules(_Strict):
     priorities: dict[Priority, PriorityLevel]
     template: OpeningTemplate = Field(default_factory=OpeningTemplate)
     tenant_pattern: str
+    # Service levels (seeds 000, 001, 003): escalation to the commercial executive and one
+    # level up, customers' escalation requests, and when a resolved case closes.
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    closing: ClosingConfig = Field(default_factory=ClosingConfig)
     plans: dict[str, Plan]
     tenants: list[Tenant] = Field(default_factory=list)
     # Operations and vendors a case can be escalated to (seed 002), by name.
@@ -281,6 +294,14 @@ class Rules(_Strict):
                     ("tenants", index, "plan"),
                     f"unknown plan {tenant.plan!r} (known: {', '.join(sorted(self.plans))})",
                 )
+            if plan.sla is not None:
+                try:  # the tenant's business calendar must be buildable (holidays known)
+                    plan.sla.calendar(tenant.timezone, country=tenant.country,
+                                      subdivision=tenant.subdivision,
+                                      closed_dates=tenant.closed_dates)
+                except ValueError as exc:
+                    key = "subdivision" if tenant.subdivision else "country"
+                    raise _PlacedError(("tenants", index, key), str(exc)) from None
             if len(tenant.contacts) > plan.max_contacts:
                 raise _PlacedError(
                     ("tenants", index, "contacts"),
@@ -290,6 +311,15 @@ class Rules(_Strict):
         for priority in ("A", "B", "C"):
             if priority not in self.priorities:
                 raise _PlacedError(("priorities",), f"priority {priority} is not defined")
+        if self.escalation.address is not None and self.escalation.address in seen:
+            raise _PlacedError(("escalation", "address"),
+                               "the escalation address cannot also be a support address")
+        template_keys = {spec.key for spec in self.template.fields}
+        for line, keys in self.escalation.template_fields.items():
+            unknown = [key for key in keys if key not in template_keys]
+            if template_keys and unknown:
+                raise _PlacedError(("escalation", "template_fields", line),
+                                   f"{unknown[0]!r} is not a template field key")
         return self
 
     # Lookups used on the hot path, computed once per loaded rules object.
@@ -320,10 +350,20 @@ class Rules(_Strict):
         """Whether the SMTP listener takes mail for this recipient."""
         if self.support_address(address) is not None:
             return True
+        if self.is_escalation_address(address):
+            return True
         local, _, domain = address.strip().lower().partition("@")
         # Our own from-address with a case tag (soporte+123@…) carries replies.
         own_local, _, own_domain = self.desk.from_address.partition("@")
         return domain == own_domain and local.split("+", 1)[0] == own_local
+
+    def is_escalation_address(self, address: str) -> bool:
+        """Whether customers write to this address to ask for an escalation (plus-tags allowed)."""
+        wanted = self.escalation.address
+        if not wanted or not address:
+            return False
+        local, _, domain = address.strip().lower().partition("@")
+        return f"{local.split('+', 1)[0]}@{domain}" == wanted
 
     def tenant(self, tenant_id: str | None) -> Tenant | None:
         return self._tenant_map.get(tenant_id.upper()) if tenant_id else None
@@ -354,7 +394,11 @@ class Rules(_Strict):
 
     @cached_property
     def own_addresses(self) -> frozenset[str]:
-        return frozenset({self.desk.from_address, *(a.address for a in self.addresses)})
+        return frozenset({
+            self.desk.from_address,
+            *(a.address for a in self.addresses),
+            *([self.escalation.address] if self.escalation.address else []),
+        })
 
     @model_validator(mode="after")
     def _escalation_references(self) -> Rules:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge.db import utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
+from mailbridge.sla.cases import acks_sent_late, sla_status
 from mailbridge.spool import STATE_NEW, STATE_QUARANTINED, InboundMail
 from mailbridge.tickets.models import Ticket
 
@@ -85,7 +86,11 @@ def status_report(session: Session) -> dict[str, Any]:
                 {"case": t.number, "due_at": t.ack_due_at.isoformat() if t.ack_due_at else None}
                 for t in late
             ],
+            # Acknowledged, but after the 15-minute promise (SPEC §5).
+            "sent_late": acks_sent_late(session),
         },
+        # Response clocks past or near their target, cases awaiting confirmation, timers.
+        "sla": sla_status(session, now),
     }
 
 

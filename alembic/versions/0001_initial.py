@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-28 02:19:25.025993
+Create Date: 2026-11-28 02:27:49.864695
 """
 from collections.abc import Sequence
 
@@ -53,6 +53,15 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('account', name=op.f('pk_imap_cursors'))
     )
+    op.create_table('scheduler_jobs',
+    sa.Column('id', sa.Unicode(length=191), nullable=False),
+    sa.Column('next_run_time', sa.Float(precision=25), nullable=True),
+    sa.Column('job_state', sa.LargeBinary(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_scheduler_jobs'))
+    )
+    with op.batch_alter_table('scheduler_jobs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_scheduler_jobs_next_run_time'), ['next_run_time'], unique=False)
+
     op.create_table('tickets',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('number', sa.Integer(), nullable=False),
@@ -75,15 +84,36 @@ def upgrade() -> None:
     sa.Column('acked_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('first_response_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('response_started_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('response_at_risk_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('response_due_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('response_breached_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('ack_late_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tickets')),
     sa.UniqueConstraint('number', name=op.f('uq_tickets_number'))
     )
     with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_tickets_response_due_at'), ['response_due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_sender'), ['sender'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_subject_key'), ['subject_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_tenant_id'), ['tenant_id'], unique=False)
         batch_op.create_index('ix_tickets_tenant_status', ['tenant_id', 'status'], unique=False)
+
+    op.create_table('case_actions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=40), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_case_actions_ticket_id_tickets')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_actions')),
+    sa.UniqueConstraint('ticket_id', 'kind', 'seq', name=op.f('uq_case_actions_ticket_id'))
+    )
+    with op.batch_alter_table('case_actions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_actions_ticket_id'), ['ticket_id'], unique=False)
 
     op.create_table('inbound',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -276,14 +306,23 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_inbound_message_id'))
 
     op.drop_table('inbound')
+    with op.batch_alter_table('case_actions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_case_actions_ticket_id'))
+
+    op.drop_table('case_actions')
     with op.batch_alter_table('tickets', schema=None) as batch_op:
         batch_op.drop_index('ix_tickets_tenant_status')
         batch_op.drop_index(batch_op.f('ix_tickets_tenant_id'))
         batch_op.drop_index(batch_op.f('ix_tickets_subject_key'))
         batch_op.drop_index(batch_op.f('ix_tickets_status'))
         batch_op.drop_index(batch_op.f('ix_tickets_sender'))
+        batch_op.drop_index(batch_op.f('ix_tickets_response_due_at'))
 
     op.drop_table('tickets')
+    with op.batch_alter_table('scheduler_jobs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_scheduler_jobs_next_run_time'))
+
+    op.drop_table('scheduler_jobs')
     op.drop_table('imap_cursors')
     op.drop_table('counters')
     with op.batch_alter_table('auto_replies', schema=None) as batch_op:

@@ -8,14 +8,17 @@ from datetime import timedelta
 from mailbridge import metrics
 from mailbridge.parse.replies import normalise_subject
 from mailbridge.pipeline.commands import apply_commands, command_help
-from mailbridge.pipeline.context import ROLE_STAFF, MailContext, Outcome
+from mailbridge.pipeline.context import ROLE_CUSTOMER, ROLE_STAFF, MailContext, Outcome
 from mailbridge.pipeline.mailing import queue_auto_reply, queue_case_update
 from mailbridge.pipeline.thread import find_look_alike
+from mailbridge.sla.cases import start_response_clock
+from mailbridge.sla.closing import customer_answered
 from mailbridge.tickets.evidence import store_evidence
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_INCOMPLETE,
     STATUS_OPEN,
+    STATUS_RESOLVED,
     Attachment,
     Ticket,
     TicketEvent,
@@ -63,6 +66,8 @@ class Apply:
             updated_at=ctx.now,
             ack_due_at=ctx.inbound.received_at + timedelta(seconds=ctx.settings.ack_deadline),
         )
+        # Seed 003: the response clock, from the tenant's plan and calendar.
+        start_response_clock(ticket, ctx.rules, ctx.tenant, ctx.inbound.received_at)
         ctx.session.add(ticket)
         ctx.session.flush()
         ctx.ticket = ticket
@@ -102,6 +107,11 @@ class Apply:
         ticket.updated_at = ctx.now
         ticket.cc = _new_cc(ctx, ticket.cc)
         _record_secrets(ctx, ticket)
+        if ticket.status == STATUS_RESOLVED and ctx.sender_role == ROLE_CUSTOMER:
+            # Seed 003: a confirmation closes the case; any other answer resets the attempts.
+            closed = customer_answered(ctx, ticket)
+            if closed is not None:
+                return closed
         if ticket.status == STATUS_CLOSED and ctx.sender_role != ROLE_STAFF:
             return Outcome("reply:closed-case", f"case {ticket.number}")
         if ctx.sender_role == ROLE_STAFF:

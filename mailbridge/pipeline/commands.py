@@ -47,6 +47,13 @@ def _estado(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResul
         ticket.closed_at = ctx.now
     ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now,
                                 data={"from": old, "to": wanted, "by": ctx.sender}))
+    if wanted == STATUS_RESOLVED and old != STATUS_RESOLVED:
+        # Seed 003: the customer is asked to confirm; the scheduler follows up and closes.
+        from mailbridge.sla.closing import request_confirmation
+
+        request_confirmation(ctx, ticket)
+        return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»; "
+                             "se pidió al cliente que confirme la solución")
     return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»")
 
 

@@ -8,6 +8,7 @@ from mailbridge.pipeline.apply import Apply
 from mailbridge.pipeline.classify import Classify, Deduplicate
 from mailbridge.pipeline.content import ClosedCase, Redact, RefuseEncrypted, Validate
 from mailbridge.pipeline.context import MailContext, Outcome
+from mailbridge.pipeline.escalate_request import EscalateRequest
 from mailbridge.pipeline.route import Route, Senders
 from mailbridge.pipeline.thread import Thread
 from mailbridge.pipeline.vendor import AutoEscalate, VendorFollowUp, VendorMail
@@ -31,6 +32,7 @@ STAGES: list[Stage] = [
     RefuseEncrypted(), # S/MIME and PGP openings answered
     Validate(),        # the opening template's fields
     ClosedCase(),      # closed cases are not reopened
+    EscalateRequest(), # a customer asking to escalate: decided by the rules, answered
     VendorFollowUp(),  # staff writing to a vendor: recorded, not relayed to the customer
     AutoEscalate(),    # an opening whose product routes to a vendor (rule): Apply, then send
     Apply(),           # the case, its message, evidence and the outbox

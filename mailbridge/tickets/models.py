@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Unicode,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mailbridge.db import Base, UTCDateTime, utcnow
@@ -53,6 +63,17 @@ class Ticket(Base):
     acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The response clock (mailbridge/sla), set when the case opens: it starts at receipt or
+    # at the next business opening, turns "en_riesgo" at response_at_risk_at and is due at
+    # response_due_at; the first staff reply (first_response_at) stops it.
+    response_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    response_at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    response_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Set once by the SLA sweep: the breach and the late acknowledgement are told only once.
+    response_breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ack_late_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When staff last set «resuelto»: the closing attempts count from here.
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     messages: Mapped[list[TicketMessage]] = relationship(
         back_populates="ticket", order_by="TicketMessage.id", cascade="all, delete-orphan"
@@ -114,6 +135,37 @@ class TicketEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     ticket: Mapped[Ticket] = relationship(back_populates="events")
+
+
+class CaseAction(Base):
+    """A timed action done once on a case: escalation number N, closing attempt number N.
+
+    The unique key is the guard that lets several workers (two daemons on one database)
+    race for the same action: the one whose insert commits does it, the others roll back.
+    """
+
+    __tablename__ = "case_actions"
+    __table_args__ = (UniqueConstraint("ticket_id", "kind", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))  # escalation | closing_attempt
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SchedulerJob(Base):
+    """APScheduler's persistent job store (mailbridge/sla/jobs.py), created by the migration.
+
+    The columns are exactly those SQLAlchemyJobStore declares for its table.
+    """
+
+    __tablename__ = "scheduler_jobs"
+
+    id: Mapped[str] = mapped_column(Unicode(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
+    job_state: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AutoReply(Base):

@@ -7,8 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from mailbridge.db import utcnow
 from mailbridge.escalation.vendors import reference_json
 from mailbridge.outbound.outbox import OutboxMail
+from mailbridge.sla.cases import sla_json
 from mailbridge.tickets.models import Ticket, VendorReference
 
 
@@ -51,6 +53,8 @@ def ticket_json(session: Session, ticket: Ticket) -> dict[str, Any]:
         ],
         "ack_due_at": _iso(ticket.ack_due_at),
         "acked_at": _iso(ticket.acked_at),
+        # The response clock (due time, state, first response), escalations and closing.
+        "sla": sla_json(session, ticket, utcnow()),
         "messages": [
             {
                 "direction": m.direction,

@@ -59,9 +59,13 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
                   to=["ana@compensar.example"], cc=["soporte+1@mesa.example", "luis@compensar.example"],
                   body="Hola Ana, ya corregimos la cola de salida.\n#estado resuelto\n#volar alto\nSaludos")
     daemon.send(staff, rcpt=["soporte+1@mesa.example"])
-    (_, confirmation) = sink.wait_for(2)
+    sink.wait_for(3)
     daemon.settle()
-    assert confirmation.rcpt_tos == ["carla@mesa.example"]
+    # «resuelto» also asks the customer (and the copied contact) to confirm (seed 003, issue 7).
+    (request,) = [r for r in sink.received[1:] if "ana@compensar.example" in r.rcpt_tos]
+    assert request.rcpt_tos == ["ana@compensar.example", "luis@compensar.example"]
+    assert "Confirmo" in request.message.get_content()
+    (confirmation,) = [r for r in sink.received[1:] if r.rcpt_tos == ["carla@mesa.example"]]
     text = confirmation.message.get_content()
     assert "#estado resuelto" in text and "resuelto" in text
     assert "#volar alto: orden desconocida" in text
@@ -76,7 +80,7 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
     close = reply(ack_msg, sender="carla@mesa.example", name="Carla Vidal",
                   to=["soporte+1@mesa.example"], body="#estado cerrado", quote=False)
     daemon.send(close, rcpt=["soporte+1@mesa.example"])
-    sink.wait_for(3)
+    sink.wait_for(4)
     daemon.settle()
     assert daemon.cli_json("tickets", "show", "1")["status"] == "cerrado"
 
@@ -85,7 +89,7 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
                    to=["soporte+1@mesa.example"], body="¡Muchas gracias!\n\nAna")
     daemon.send(thanks, rcpt=["soporte+1@mesa.example"])
     daemon.settle()
-    assert len(sink.received) == 3
+    assert len(sink.received) == 4
 
     # A real question on the closed case: told once to open a new case, not twice.
     for n in range(2):
@@ -93,8 +97,8 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
                       to=["soporte+1@mesa.example"], body=f"Volvió a fallar hoy ({n}). ¿Pueden revisar?")
         daemon.send(again, rcpt=["soporte+1@mesa.example"])
         daemon.settle()
-    assert len(sink.received) == 4
-    notice = sink.received[3]
+    assert len(sink.received) == 5
+    notice = sink.received[4]
     assert notice.rcpt_tos == ["ana@compensar.example"]
     assert "abra\nun caso nuevo" in notice.message.get_content().replace("\r\n", "\n") or \
         "abra un caso nuevo" in notice.message.get_content().replace("\r\n", " ")
@@ -109,7 +113,7 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
     fresh_ooo = opening_mail(subject="Fuera de la oficina", X_Autoreply="yes")
     daemon.send(fresh_ooo)
     daemon.settle()
-    assert len(sink.received) == 4
+    assert len(sink.received) == 5
     assert daemon.outcomes()[-2:] == ["ignored:auto-reply", "ignored:auto-reply"]
 
     # 6. A DSN of our acknowledgement is recorded on its case and marks the address.
@@ -139,7 +143,7 @@ def test_open_reply_staff_close_thanks_ooo_dsn(make_daemon, sink: SmtpSink) -> N
     assert bounce and bounce[0]["data"]["recipients"] == ["ana@compensar.example"]
     assert bounce[0]["data"]["status"] == "5.1.1"
     assert daemon.query("SELECT hard FROM address_status WHERE address='ana@compensar.example'") in ([(1,)], [(True,)])
-    assert len(sink.received) == 4
+    assert len(sink.received) == 5
     assert daemon.stop() == 0
 
 

@@ -1,0 +1,225 @@
+"""Closing a resolved case (seed 003): on the customer's confirmation, or after unanswered attempts.
+
+"Se cierra una solicitud de soporte cuando el cliente confirma que se ha alcanzado una
+resolución o si el equipo de soporte no recibe una respuesta por parte del cliente después
+de tres intentos de contacto durante un período de diez días."
+
+- `#estado resuelto` (staff) asks the customer to confirm: that mail is attempt 1.
+- The sweep sends the next attempts, `period / attempts` apart (moved to the next opening
+  of the tenant's desk), and once all `attempts` went out closes the case `period` after
+  the first unanswered one (`policy.auto_close_at`), but never sooner than `period /
+  attempts` after the last: a holiday that delays an attempt gives the customer the same
+  time to answer it. The closing sends its own mail.
+- A customer's reply that confirms (`rules.closing.confirms`) closes the case at once; any
+  other reply answers the attempts so far and the count starts again from that reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mailbridge import metrics
+from mailbridge.db import Database
+from mailbridge.rules import Rules, Tenant
+from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
+from mailbridge.sla.escalation import claim_action
+from mailbridge.sla.mailing import queue_case_mail
+from mailbridge.sla.policy import auto_close_at, format_when_es
+from mailbridge.tickets.models import (
+    STATUS_CLOSED,
+    STATUS_RESOLVED,
+    CaseAction,
+    Ticket,
+    TicketEvent,
+)
+
+if TYPE_CHECKING:
+    from mailbridge.pipeline.context import MailContext, Outcome
+
+log = logging.getLogger(__name__)
+
+ACTION_CLOSING_ATTEMPT = "closing_attempt"
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def _customer_addresses(rules: Rules, ticket: Ticket) -> tuple[list[str], list[str]]:
+    """The case's customer and the people in copy who are not staff."""
+    return [ticket.sender], [c for c in (ticket.cc or []) if not rules.is_staff(c)]
+
+
+def _attempts(session: Session, ticket: Ticket) -> list[CaseAction]:
+    """Closing attempts made since the case was last resolved."""
+    if ticket.resolved_at is None:
+        return []
+    return list(session.scalars(
+        select(CaseAction)
+        .where(CaseAction.ticket_id == ticket.id, CaseAction.kind == ACTION_CLOSING_ATTEMPT,
+               CaseAction.at >= ticket.resolved_at)
+        .order_by(CaseAction.seq)
+    ))
+
+
+def _next_seq(session: Session, ticket: Ticket) -> int:
+    latest = session.scalar(
+        select(CaseAction.seq)
+        .where(CaseAction.ticket_id == ticket.id, CaseAction.kind == ACTION_CLOSING_ATTEMPT)
+        .order_by(CaseAction.seq.desc())
+        .limit(1)
+    )
+    return (latest or 0) + 1
+
+
+def _interval(rules: Rules) -> timedelta:
+    return rules.closing.period / rules.closing.attempts
+
+
+def closes_at(pending: list[datetime], rules: Rules) -> datetime | None:
+    """When a resolved case closes given its unanswered attempts (None: not all made yet)."""
+    close_at = auto_close_at(pending, rules=rules.closing)
+    if close_at is None:
+        return None
+    return max(close_at, max(pending) + _interval(rules))
+
+
+def send_attempt(
+    session: Session, rules: Rules, ticket: Ticket, *, now: datetime, number: int,
+    first_pending_at: datetime | None, template: str, kind: str,
+) -> CaseAction | None:
+    """Contact attempt `number` (1-based in the current count): claimed once, then mailed.
+
+    The mail names the closing date: exact on the last attempt, the earliest possible one
+    before (a later attempt may move to the next opening).
+    """
+    action = claim_action(session, ticket.id, ACTION_CLOSING_ATTEMPT, _next_seq(session, ticket),
+                          now, {"number": number})
+    if action is None:
+        return None
+    tenant = rules.tenant(ticket.tenant_id)
+    remaining = max(rules.closing.attempts - number + 1, 1)
+    closes_at = max((first_pending_at or now) + rules.closing.period,
+                    now + _interval(rules) * remaining)
+    to, cc = _customer_addresses(rules, ticket)
+    queue_case_mail(
+        session, rules, ticket, template=template, kind=kind, to=to, cc=cc, now=now,
+        context={"number": number, "attempts": rules.closing.attempts,
+                 "final": number >= rules.closing.attempts,
+                 "closes_at_es": format_when_es(closes_at, tenant.zone if tenant else UTC_ZONE),
+                 "period_days": round(rules.closing.period / timedelta(days=1))},
+    )
+    session.add(TicketEvent(ticket_id=ticket.id, kind="closing_attempt", at=now,
+                            data={"number": number, "seq": action.seq}))
+    return action
+
+
+def request_confirmation(ctx: MailContext, ticket: Ticket) -> None:
+    """Staff set «resuelto»: ask the customer to confirm (closing attempt 1)."""
+    ticket.resolved_at = ctx.now
+    send_attempt(ctx.session, ctx.rules, ticket, now=ctx.now, number=1, first_pending_at=ctx.now,
+                 template="closing_request.txt.j2", kind="closing_request")
+
+
+def close_case(
+    session: Session, rules: Rules, ticket: Ticket, *, now: datetime, reason: str,
+    by: str | None = None,
+) -> bool:
+    """Close a resolved case once (the UPDATE's WHERE is the guard), with the closing mail.
+
+    `reason` is "confirmed" (the customer said so) or "no_answer" (seed 003's attempts).
+    """
+    closed = session.execute(
+        update(Ticket)
+        .where(Ticket.id == ticket.id, Ticket.status == STATUS_RESOLVED)
+        .values(status=STATUS_CLOSED, closed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if closed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.refresh(ticket)
+    attempts = len(_attempts(session, ticket))
+    to, cc = _customer_addresses(rules, ticket)
+    queue_case_mail(
+        session, rules, ticket, template="closing_closed.txt.j2", kind="closing", to=to, cc=cc,
+        now=now, context={"reason": reason, "attempts": attempts,
+                          "period_days": round(rules.closing.period / timedelta(days=1))},
+    )
+    session.add(TicketEvent(ticket_id=ticket.id, kind="closed", at=now,
+                            data={"reason": reason, "by": by, "attempts": attempts}))
+    metrics.CASES_CLOSED.labels(reason=reason).inc()
+    log.info("case closed", extra={"case": ticket.number, "reason": reason})
+    return True
+
+
+def customer_answered(ctx: MailContext, ticket: Ticket) -> Outcome | None:
+    """A customer wrote on a resolved case: a confirmation closes it, anything else resets.
+
+    Returns an Outcome when the case was closed (the mail's trip ends there).
+    """
+    from mailbridge.pipeline.context import Outcome
+
+    if ctx.rules.closing.confirms(ctx.body):
+        ticket.updated_at = ctx.now
+        ctx.session.flush()
+        if close_case(ctx.session, ctx.rules, ticket, now=ctx.now, reason="confirmed",
+                      by=ctx.sender):
+            return Outcome("reply:closed-by-customer", f"case {ticket.number}")
+        return None
+    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="closing_reset", at=ctx.now,
+                                data={"by": ctx.sender}))
+    return None
+
+
+def next_attempt_due(
+    attempts_pending: list[datetime], reference: datetime, rules: Rules,
+    tenant: Tenant | None,
+) -> datetime:
+    """When the next attempt goes: `period / attempts` after the last pending one (or after
+    `reference` when none is pending), moved to the next opening of the tenant's desk."""
+    base = attempts_pending[-1] if attempts_pending else reference
+    due = base + _interval(rules)
+    calendar = tenant_calendar(rules, tenant)
+    return calendar.next_opening(due) if calendar is not None else due
+
+
+def sweep_closing(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:
+    """Send the attempts due and close the cases due at `now`; returns (attempts, closed)."""
+    with db.reader() as session:
+        ids = session.scalars(
+            select(Ticket.id).where(Ticket.status == STATUS_RESOLVED,
+                                    Ticket.resolved_at.is_not(None),
+                                    Ticket.resolved_at <= now)
+        ).all()
+    sent = closed = 0
+    for ticket_id in ids:
+        with db.transaction() as session:
+            ticket = session.get(Ticket, ticket_id)
+            if ticket is None or ticket.status != STATUS_RESOLVED or ticket.resolved_at is None:
+                continue
+            made = [a.at for a in _attempts(session, ticket) if a.at <= now]
+            replied = last_customer_message_at(session, ticket, since=ticket.resolved_at)
+            pending = sorted(a for a in made if replied is None or a > replied)
+            close_at = closes_at(pending, rules)
+            if close_at is not None:
+                if now >= close_at and close_case(session, rules, ticket, now=now,
+                                                  reason="no_answer"):
+                    closed += 1
+                continue
+            reference = max(ticket.resolved_at, replied) if replied else ticket.resolved_at
+            if not pending and not made and replied is None:
+                due = now  # resolved without a request (e.g. an old case): ask now
+            else:
+                due = next_attempt_due(pending, reference, rules, rules.tenant(ticket.tenant_id))
+            if now < due:
+                continue
+            number = len(pending) + 1
+            template = "closing_request.txt.j2" if number == 1 else "closing_attempt.txt.j2"
+            if send_attempt(session, rules, ticket, now=now, number=number,
+                            first_pending_at=pending[0] if pending else now,
+                            template=template, kind="closing_attempt") is not None:
+                sent += 1
+    return sent, closed
