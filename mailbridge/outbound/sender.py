@@ -129,6 +129,31 @@ class RelayTransport:
         raise TransientFailure(text)
 
 
+class AcceptedMarker:
+    """The Message-ID the relay just accepted, until the database records it as sent.
+
+    SQLite has one sender per database file and records "sent" only once it gets the
+    write lock, tens of milliseconds after the relay's 250 when the pipeline is busy;
+    a crash in between used to send the mail again. The marker is written right after
+    the 250 (one write, no fsync: it is there for a killed process, not a power cut)
+    and cleared after the commit; a pending row it names is recorded, not resent.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def get(self) -> str:
+        return os.pread(self.fd, 2000, 0).decode("utf-8", "replace")
+
+    def set(self, message_id: str) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, message_id.encode("utf-8", "replace"), 0)
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+
+
 @dataclass
 class SendResult:
     sent: int = 0
@@ -148,6 +173,9 @@ class OutboxSender:
             self.transport = RelayTransport(settings)
         else:
             self.transport = MaildirTransport(settings.outbound_maildir)
+        self.accepted = (
+            AcceptedMarker(settings.run_dir / "outbox-accepted") if db.is_sqlite else None
+        )
         self.wakeup = threading.Event()
         self._stop = threading.Event()
         # After a transient relay failure nothing is tried before this instant
@@ -194,6 +222,7 @@ class OutboxSender:
     def send_due(self, limit: int = 100) -> SendResult:
         """Send what is due now; returns the counts. Safe to call from tests."""
         result = SendResult()
+        self._recover_accepted()
         if time.monotonic() < self.paused_until:
             return result
         with self.db.reader() as session:
@@ -239,12 +268,34 @@ class OutboxSender:
             raw, mail_from, rcpt_tos, message_id = (
                 row.raw, row.mail_from, list(row.rcpt_tos), row.message_id
             )
+        assert self.accepted is not None
         error = self._transmit(mail_from, rcpt_tos, raw, message_id)
+        if error is None:
+            self.accepted.set(message_id)
         with self.db.transaction() as session:
             row = session.get(OutboxMail, outbox_id)
             if row is None:
                 return "skipped"
-            return self._record(session, row, error)
+            outcome = self._record(session, row, error)
+        self.accepted.clear()
+        return outcome
+
+    def _recover_accepted(self) -> None:
+        """A mail the relay accepted just before a crash is recorded as sent, not resent."""
+        message_id = self.accepted.get() if self.accepted is not None else ""
+        if not message_id:
+            return
+        with self.db.transaction() as session:
+            row = session.scalars(
+                select(OutboxMail).where(
+                    OutboxMail.message_id == message_id, OutboxMail.state == STATE_PENDING
+                )
+            ).first()
+            if row is not None:
+                log.warning("the relay accepted this mail before a restart; not sent again",
+                            extra={"message_id": message_id})
+                self._record(session, row, None)
+        self.accepted.clear()  # type: ignore[union-attr]
 
     def _deliver(self, session: Session, row: OutboxMail) -> str:
         error = self._transmit(row.mail_from, list(row.rcpt_tos), row.raw, row.message_id)

@@ -116,7 +116,12 @@ def hostile_rules(directory: Path) -> Path:
     """The demo rules with a rate limit that lets hundreds of acks go to one contact."""
     text = (REPO / "rules.yaml").read_text(encoding="utf-8")
     assert "\ndesk:\n" in text
-    text = text.replace("\ndesk:\n", "\ndesk:\n  auto_reply_limit_per_hour: 100000\n", 1)
+    from mailbridge.rules import Desk
+
+    limits = "".join(f"  {name}: 100000\n" for name in ("auto_reply_limit_per_hour",
+                                                       "ack_limit_per_hour")
+                     if name in Desk.model_fields)
+    text = text.replace("\ndesk:\n", "\ndesk:\n" + limits, 1)
     path = directory / "rules.yaml"
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
