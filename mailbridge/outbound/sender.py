@@ -136,22 +136,34 @@ class AcceptedMarker:
     write lock, tens of milliseconds after the relay's 250 when the pipeline is busy;
     a crash in between used to send the mail again. The marker is written right after
     the 250 (one write, no fsync: it is there for a killed process, not a power cut)
-    and cleared after the commit; a pending row it names is recorded, not resent.
+    and cleared after the commit; a pending row it names is recorded, not resent. Its
+    file keeps a fixed size, so a full disk cannot refuse the write.
     """
+
+    SIZE = 1024
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self.fd).st_size != self.SIZE:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, bytes(self.SIZE), 0)
 
     def get(self) -> str:
-        return os.pread(self.fd, 2000, 0).decode("utf-8", "replace")
+        return os.pread(self.fd, self.SIZE, 0).rstrip(b"\0").decode("utf-8", "replace")
 
     def set(self, message_id: str) -> None:
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, message_id.encode("utf-8", "replace"), 0)
+        data = message_id.encode("utf-8", "replace")[: self.SIZE]
+        self._write(data + bytes(self.SIZE - len(data)))
 
     def clear(self) -> None:
-        os.ftruncate(self.fd, 0)
+        self._write(bytes(self.SIZE))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            os.pwrite(self.fd, data, 0)
+        except OSError as exc:  # only the crash window reopens; the send itself stands
+            log.warning("outbox marker not written", extra={"error": str(exc)})
 
 
 @dataclass

@@ -89,7 +89,7 @@ def test_sigkill_at_random_moments_loses_nothing(make_daemon, tmp_path) -> None:
         # fell between the relay's 250 and our commit; it will be sent again.
         at_sink = {r.message["Message-ID"] for r in sink.received}
         marker = daemon.data_dir / "run" / "outbox-accepted"
-        remembered = marker.read_text() if marker.exists() else ""
+        remembered = marker.read_bytes().rstrip(b"\0").decode() if marker.exists() else ""
         unrecorded = {
             mid for (mid,) in daemon.query("SELECT message_id FROM outbox WHERE state = 'pending'")
             if mid in at_sink and mid != remembered
