@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from mailbridge.pipeline.context import ROLE_CUSTOMER, MailContext, Outcome
 from mailbridge.pipeline.mailing import queue_auto_reply
-from mailbridge.sla.escalation import escalate, mentions, requested_decision
+from mailbridge.sla.escalation import (
+    ACTION_ESCALATION,
+    escalate,
+    mentions,
+    next_seq,
+    requested_decision,
+)
 from mailbridge.tickets.models import STATUS_CLOSED, TicketEvent
 
 
@@ -43,6 +49,7 @@ class EscalateRequest:
             return None
         if ticket.status == STATUS_CLOSED:
             return None  # the closed-case stage answers
+        seq = next_seq(ctx.session, ticket.id, ACTION_ESCALATION)  # before the decision
         about_rca = mentions(rules.escalation.rca_regex(), ctx.body, ctx.mail.subject)
         tenant = ctx.tenant or rules.tenant(ticket.tenant_id)
         decision = requested_decision(ctx.session, rules, ticket, tenant, ctx.now,
@@ -50,7 +57,7 @@ class EscalateRequest:
         escalated = None
         if decision.eligible:
             escalated = escalate(ctx.session, rules, ticket, tenant, decision, now=ctx.now,
-                                 trigger="customer", requested_by=ctx.sender)
+                                 trigger="customer", seq=seq, requested_by=ctx.sender)
         ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="escalation_request", at=ctx.now,
                                     data={
             "by": ctx.sender, "via": "address" if by_address else "keyword",

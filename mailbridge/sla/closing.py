@@ -28,7 +28,7 @@ from mailbridge import metrics
 from mailbridge.db import Database
 from mailbridge.rules import Rules, Tenant
 from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
-from mailbridge.sla.escalation import claim_action
+from mailbridge.sla.escalation import claim_action, next_seq
 from mailbridge.sla.mailing import queue_case_mail
 from mailbridge.sla.policy import auto_close_at, format_when_es
 from mailbridge.tickets.models import (
@@ -65,16 +65,6 @@ def _attempts(session: Session, ticket: Ticket) -> list[CaseAction]:
     ))
 
 
-def _next_seq(session: Session, ticket: Ticket) -> int:
-    latest = session.scalar(
-        select(CaseAction.seq)
-        .where(CaseAction.ticket_id == ticket.id, CaseAction.kind == ACTION_CLOSING_ATTEMPT)
-        .order_by(CaseAction.seq.desc())
-        .limit(1)
-    )
-    return (latest or 0) + 1
-
-
 def _interval(rules: Rules) -> timedelta:
     return rules.closing.period / rules.closing.attempts
 
@@ -88,7 +78,7 @@ def closes_at(pending: list[datetime], rules: Rules) -> datetime | None:
 
 
 def send_attempt(
-    session: Session, rules: Rules, ticket: Ticket, *, now: datetime, number: int,
+    session: Session, rules: Rules, ticket: Ticket, *, now: datetime, number: int, seq: int,
     first_pending_at: datetime | None, template: str, kind: str,
 ) -> CaseAction | None:
     """Contact attempt `number` (1-based in the current count): claimed once, then mailed.
@@ -96,8 +86,8 @@ def send_attempt(
     The mail names the closing date: exact on the last attempt, the earliest possible one
     before (a later attempt may move to the next opening).
     """
-    action = claim_action(session, ticket.id, ACTION_CLOSING_ATTEMPT, _next_seq(session, ticket),
-                          now, {"number": number})
+    action = claim_action(session, ticket.id, ACTION_CLOSING_ATTEMPT, seq, now,
+                          {"number": number})
     if action is None:
         return None
     tenant = rules.tenant(ticket.tenant_id)
@@ -119,9 +109,11 @@ def send_attempt(
 
 def request_confirmation(ctx: MailContext, ticket: Ticket) -> None:
     """Staff set «resuelto»: ask the customer to confirm (closing attempt 1)."""
+    seq = next_seq(ctx.session, ticket.id, ACTION_CLOSING_ATTEMPT)
     ticket.resolved_at = ctx.now
-    send_attempt(ctx.session, ctx.rules, ticket, now=ctx.now, number=1, first_pending_at=ctx.now,
-                 template="closing_request.txt.j2", kind="closing_request")
+    send_attempt(ctx.session, ctx.rules, ticket, now=ctx.now, number=1, seq=seq,
+                 first_pending_at=ctx.now, template="closing_request.txt.j2",
+                 kind="closing_request")
 
 
 def close_case(
@@ -200,6 +192,7 @@ def sweep_closing(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:
             ticket = session.get(Ticket, ticket_id)
             if ticket is None or ticket.status != STATUS_RESOLVED or ticket.resolved_at is None:
                 continue
+            seq = next_seq(session, ticket.id, ACTION_CLOSING_ATTEMPT)  # first: see next_seq
             made = [a.at for a in _attempts(session, ticket) if a.at <= now]
             replied = last_customer_message_at(session, ticket, since=ticket.resolved_at)
             pending = sorted(a for a in made if replied is None or a > replied)
@@ -218,7 +211,7 @@ def sweep_closing(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:
                 continue
             number = len(pending) + 1
             template = "closing_request.txt.j2" if number == 1 else "closing_attempt.txt.j2"
-            if send_attempt(session, rules, ticket, now=now, number=number,
+            if send_attempt(session, rules, ticket, now=now, number=number, seq=seq,
                             first_pending_at=pending[0] if pending else now,
                             template=template, kind="closing_attempt") is not None:
                 sent += 1

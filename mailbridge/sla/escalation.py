@@ -82,6 +82,22 @@ def claim_action(
     return action
 
 
+def next_seq(session: Session, ticket_id: int, kind: str) -> int:
+    """The sequence number the next action of `kind` on the case will claim.
+
+    Read it before anything the decision depends on: under PostgreSQL's READ COMMITTED a
+    stale value then collides with the other worker's row, and a fresh one means every
+    later read in the transaction sees that worker's action too.
+    """
+    latest = session.scalar(
+        select(CaseAction.seq)
+        .where(CaseAction.ticket_id == ticket_id, CaseAction.kind == kind)
+        .order_by(CaseAction.seq.desc())
+        .limit(1)
+    )
+    return (latest or 0) + 1
+
+
 def escalation_history(
     session: Session, ticket: Ticket, last_update: datetime
 ) -> EscalationHistory:
@@ -164,11 +180,13 @@ def escalate(
     *,
     now: datetime,
     trigger: str,
+    seq: int,
     requested_by: str | None = None,
 ) -> CaseAction | None:
-    """Escalate the case to the decision's level: claim, mail, event. None if not done.
+    """Escalate the case to the decision's level: claim `seq`, mail, event. None if not done.
 
-    `trigger` is "automatic" (the sweep) or "customer" (asked by mail).
+    `trigger` is "automatic" (the sweep) or "customer" (asked by mail); `seq` comes from
+    `next_seq`, read before the decision was made.
     """
     level = decision.target_level or rules.escalation.first_level
     to = level_address(rules, tenant, level)
@@ -178,7 +196,6 @@ def escalate(
         return None
     last_update = last_desk_update(session, ticket)
     history = escalation_history(session, ticket, last_update)
-    seq = history.count + 1
     data = {"level": level, "to": to, "trigger": trigger, "reason": decision.reason_es,
             "requested_by": requested_by}
     action = claim_action(session, ticket.id, ACTION_ESCALATION, seq, now, data)
@@ -271,12 +288,13 @@ def sweep_escalations(db: Database, rules: Rules, now: datetime) -> int:
             ticket = session.get(Ticket, ticket_id)
             if ticket is None:
                 continue
+            seq = next_seq(session, ticket.id, ACTION_ESCALATION)  # first: see next_seq
             tenant = rules.tenant(ticket.tenant_id)
             decision = automatic_decision(session, rules, ticket, tenant, now)
             if decision is None:
                 continue
             if escalate(session, rules, ticket, tenant, decision, now=now,
-                        trigger="automatic") is not None:
+                        trigger="automatic", seq=seq) is not None:
                 done += 1
     return done
 

@@ -199,3 +199,28 @@ def rewind_stored_jobs(database_url: str, next_run: datetime) -> list[str]:
         return ids
     finally:
         store.shutdown()
+
+
+def race(database_url: str, db: Database, work) -> list[Any]:  # type: ignore[no-untyped-def]
+    """Run `work(database)` at the same moment on two Database objects (two daemons on one
+    database) and return both results."""
+    import threading
+
+    other = Database(database_url)
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def run(database: Database) -> None:
+        barrier.wait()
+        results.append(work(database))
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in (db, other)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        other.dispose()
+    assert len(results) == 2, "a racing worker failed"
+    return results

@@ -17,6 +17,7 @@ from tests.sla.helpers import (
     local,
     opening,
     outbox,
+    race,
     reply,
     sla_rules,
     utc,
@@ -155,3 +156,18 @@ def test_staff_reopening_stops_the_closing(db, settings, rules) -> None:
                resolved + timedelta(hours=1), rcpt="soporte+1@mesa.example")
     assert _closing(db, rules, resolved + timedelta(days=20)) == {"attempts": 0, "closed": 0}
     assert case(db, 1)["status"] == "en_progreso"
+
+
+def test_two_workers_send_an_attempt_once(db, settings, rules) -> None:
+    resolved = utc(2026, 3, 16, 17)
+    deliver_at(db, settings, rules, opening(), resolved - timedelta(hours=3))
+    _resolve(db, settings, rules, resolved)
+    at = resolved + timedelta(days=10) / 3
+    results = race(settings.resolved_database_url, db, lambda d: _closing(d, rules, at))
+    assert sorted(r["attempts"] for r in results) == [0, 1]
+    assert len(outbox(db, "closing_attempt")) == 1
+    _closing(db, rules, resolved + 2 * timedelta(days=10) / 3)  # attempt 3, on time
+    at = resolved + timedelta(days=10)
+    results = race(settings.resolved_database_url, db, lambda d: _closing(d, rules, at))
+    assert sorted(r["closed"] for r in results) == [0, 1]
+    assert len(outbox(db, "closing")) == 1

@@ -12,27 +12,28 @@ from tests.support.daemon import opening_mail
 from tests.support.sink import SmtpSink
 
 SWEEP_JOBS = ["sla-sweep:acks", "sla-sweep:closing", "sla-sweep:escalation", "sla-sweep:response"]
-_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def _age_case(daemon, hours: float) -> None:  # type: ignore[no-untyped-def]
     """Move case 1 and its messages `hours` into the past (what a stopped daemon misses)."""
-    import sqlite3
+    from sqlalchemy import select
 
-    def back(value: str | None) -> str | None:
-        if value is None:
-            return None
-        return (datetime.fromisoformat(value) - timedelta(hours=hours)).strftime(_FORMAT)
+    from mailbridge.db import Database
+    from mailbridge.tickets.models import Ticket, TicketMessage
 
-    with sqlite3.connect(daemon.data_dir / "mailbridge.db", timeout=30) as conn:
-        columns = ("created_at", "updated_at", "ack_due_at", "acked_at", "response_started_at",
-                   "response_at_risk_at", "response_due_at")
-        row = conn.execute(f"SELECT {', '.join(columns)} FROM tickets WHERE number = 1").fetchone()
-        conn.execute(f"UPDATE tickets SET {', '.join(f'{c} = ?' for c in columns)} WHERE number = 1",
-                     [back(v) for v in row])
-        for (msg_id, created) in conn.execute("SELECT id, created_at FROM ticket_messages").fetchall():
-            conn.execute("UPDATE ticket_messages SET created_at = ? WHERE id = ?",
-                         (back(created), msg_id))
+    back = timedelta(hours=hours)
+    database = Database(daemon.database_url)
+    try:
+        with database.transaction() as session:
+            ticket = session.scalars(select(Ticket).where(Ticket.number == 1)).one()
+            for column in ("created_at", "updated_at", "ack_due_at", "acked_at",
+                           "response_started_at", "response_at_risk_at", "response_due_at"):
+                if getattr(ticket, column) is not None:
+                    setattr(ticket, column, getattr(ticket, column) - back)
+            for message in session.scalars(select(TicketMessage)):
+                message.created_at -= back
+    finally:
+        database.dispose()
 
 
 def test_timers_survive_a_restart_and_a_missed_escalation_reaches_the_executive(
@@ -56,8 +57,7 @@ def test_timers_survive_a_restart_and_a_missed_escalation_reaches_the_executive(
     # Down for a day and a bit: the URGENTE case went 25 h without an update, and the
     # sweeps fell due while nobody was there to run them.
     _age_case(daemon, 25)
-    rewind_stored_jobs(f"sqlite:///{daemon.data_dir / 'mailbridge.db'}",
-                       datetime.now(UTC) - timedelta(hours=3))
+    rewind_stored_jobs(daemon.database_url, datetime.now(UTC) - timedelta(hours=3))
     daemon.start()
     (_, escalation) = sink.wait_for(2)
     daemon.settle()
@@ -113,3 +113,28 @@ def test_a_customer_writes_to_the_escalation_address(make_daemon, sink: SmtpSink
     events = daemon.cli_json("tickets", "show", "1")["events"]
     assert [e["data"]["via"] for e in events if e["kind"] == "escalation_request"] == ["address"]
     assert daemon.stop() == 0
+
+
+def test_two_daemons_on_one_database_escalate_once(make_daemon, sink: SmtpSink) -> None:
+    """SPEC §6: timers run once with several workers. Both daemons sweep twice a second on
+    the same database (PostgreSQL on the PostgreSQL pass, one SQLite file otherwise)."""
+    first = make_daemon("w1", relay_port=sink.port, shared_db="sla", sla_sweep_interval="0.5")
+    second = make_daemon("w2", relay_port=sink.port, shared_db="sla", sla_sweep_interval="0.5",
+                         **({} if "postgresql" in first.database_url
+                            else {"database_url": first.database_url}))
+    assert second.database_url == first.database_url
+    first.start()
+    second.start()
+    first.send(opening_mail(message_id="<sla-two@compensar.example>"))
+    sink.wait_for(1)
+    first.settle()
+    _age_case(first, 25)  # now both daemons find it due on their next sweep
+    sink.wait_for(2)
+    deadline = time.monotonic() + 2.5  # several more sweeps in each daemon
+    while time.monotonic() < deadline:
+        assert len(sink.received) == 2, [r.rcpt_tos for r in sink.received]
+        time.sleep(0.1)
+    assert sink.received[1].rcpt_tos == ["ejecutivo.compensar@mesa.example"]
+    assert first.query("SELECT count(*) FROM case_actions WHERE kind = 'escalation'") == [(1,)]
+    assert first.query("SELECT count(*) FROM scheduler_jobs") == [(len(SWEEP_JOBS),)]
+    assert first.stop() == 0 and second.stop() == 0

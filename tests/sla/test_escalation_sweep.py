@@ -7,13 +7,11 @@ after more than two escalations without traction it goes to the next level (gere
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from mailbridge.db import Database
 from mailbridge.sla.escalation import claim_action
 from mailbridge.sla.sweep import run_sweep
 from mailbridge.tickets.models import CaseAction
@@ -26,6 +24,7 @@ from tests.sla.helpers import (
     local,
     opening,
     outbox,
+    race,
     reply,
     sla_rules,
 )
@@ -142,20 +141,7 @@ def test_an_action_is_claimed_once(db, settings, rules) -> None:
 
 def test_two_workers_sweeping_at_once_escalate_once(db, settings, rules) -> None:
     deliver_at(db, settings, rules, opening(), OPENED)
-    other = Database(settings.resolved_database_url)  # a second daemon on the same database
     at = OPENED + timedelta(days=1)
-    results: list[int] = []
-    barrier = threading.Barrier(2)
-
-    def sweep(database: Database) -> None:
-        barrier.wait()
-        results.append(_escalate_at(database, rules, at))
-
-    threads = [threading.Thread(target=sweep, args=(d,)) for d in (db, other)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    other.dispose()
+    results = race(settings.resolved_database_url, db, lambda d: _escalate_at(d, rules, at))
     assert sorted(results) == [0, 1]
     assert len(outbox(db, "escalation")) == 1
