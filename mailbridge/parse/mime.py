@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import email
+import email.parser
 import email.policy
 import logging
 import mimetypes
@@ -84,24 +85,47 @@ def parse_mail(raw: bytes) -> ParsedMail:
     """Parse any bytes into a ParsedMail; defects are recorded, not raised."""
     try:
         return _parse_mail(raw)
-    except Exception as exc:  # last resort: an empty mail that keeps the defect
-        message = Message()
-        return ParsedMail(
-            message=message,
-            message_id=None,
-            in_reply_to=None,
-            references=[],
-            subject="",
-            from_addr="",
-            from_name="",
-            to=[],
-            cc=[],
-            reply_to=[],
-            date=None,
-            text="",
-            html=None,
-            defects=[f"parse_mail: {exc!r}"],
+    except Exception as exc:  # last resort: the headers alone, and the defect
+        return _headers_only(raw, f"parse_mail: {exc!r}")
+
+
+def _headers_only(raw: bytes, defect: str) -> ParsedMail:
+    """What the header block says, without the body (e.g. MIME nested past the stack)."""
+    try:
+        message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            raw if isinstance(raw, bytes) else b""
         )
+    except Exception:
+        message = Message()
+
+    def addresses(name: str) -> list[str]:
+        try:
+            return _addresses(getaddresses([_decoded_header(v) for v in message.get_all(name, [])]))
+        except Exception:
+            return []
+
+    try:
+        from_name, from_addr = parseaddr(_decoded_header(message.get("From")))
+    except Exception:
+        from_name, from_addr = "", ""
+    msgid = message_ids(str(message.get("Message-ID", "")))
+    in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
+    return ParsedMail(
+        message=message,
+        message_id=msgid[0] if msgid else None,
+        in_reply_to=in_reply_to[0] if in_reply_to else None,
+        references=message_ids(str(message.get("References", ""))),
+        subject=clean_header_text(_decoded_header(message.get("Subject"))),
+        from_addr=(from_addr or "").strip().lower(),
+        from_name=clean_header_text(from_name),
+        to=addresses("To"),
+        cc=addresses("Cc"),
+        reply_to=addresses("Reply-To"),
+        date=None,
+        text="",
+        html=None,
+        defects=[defect],
+    )
 
 
 def _parse_mail(raw: bytes) -> ParsedMail:
@@ -380,6 +404,9 @@ def _recovered_attachments(
     import binascii
 
     known = {(a.filename, len(a.payload)) for a in found}
+    # mail-parser names some parts its own way (a random name for one with a NUL in
+    # its filename): the same bytes under another name are not a missed attachment.
+    payloads = {a.payload for a in found}
     out: list[ParsedAttachment] = []
     try:
         items = parsed.attachments
@@ -402,7 +429,8 @@ def _recovered_attachments(
             else:
                 data = bytes(payload)
             filename = safe_filename(item.get("filename"), content_type)
-            if (filename, len(data)) in known or any(a.filename == filename for a in found):
+            if (filename, len(data)) in known or data in payloads \
+                    or any(a.filename == filename for a in found):
                 continue
             disposition = str(item.get("content-disposition") or "").lower()
             content_id = message_ids(str(item.get("content-id") or ""))
