@@ -42,6 +42,7 @@ from harness import (
     RESULTS,
     DaemonProcess,
     Profiler,
+    Sampler,
     SinkProcess,
     bench_rules,
     cpu_by_thread,
@@ -150,11 +151,15 @@ def mailbridge_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Ma
             profiler.start()
         cpu0 = daemon.cpu_seconds()
         threads0 = daemon.thread_cpu()
+        reconnects0 = SmtpConn.reconnects
+        sampler = Sampler(daemon).start()
         start, last_250 = run_burst(tracker, daemon.smtp_port, args.clients, args.timeout)
         log(f"burst: last 250 after {last_250 - start:.2f}s; waiting for the pipeline")
         drained = wait_drained(daemon, tracker, args.drain_timeout)
         cpu1 = daemon.cpu_seconds()
         threads1 = daemon.thread_cpu()
+        result["queues"] = sampler.stop()
+        result["client_reconnects"] = SmtpConn.reconnects - reconnects0
         if profiler is not None:
             profiler.stop()
         result["cpu_by_thread"] = cpu_by_thread(threads0, threads1, thread_names(daemon.pid))
@@ -191,7 +196,7 @@ def mailbridge_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Ma
             result["profile"] = {"file": str(profiler.out.relative_to(REPO)), **summary}
             (profiler.out.with_suffix(".summary.txt")).write_text(render_profile(summary))
         if args.steady_seconds > 0:
-            rate = max(1.0, round(result["e2e_rate"] * args.steady_fraction, 1))
+            rate = args.steady_rate or max(1.0, round(result["e2e_rate"] * args.steady_fraction, 1))
             log(f"steady: {rate} msgs/s for {args.steady_seconds:.0f}s")
             result["steady"] = steady_phase(
                 daemon, sink, corpus, rate=rate, seconds=args.steady_seconds,
@@ -415,8 +420,15 @@ def table(report: dict[str, Any]) -> str:
     e2e_ok = ratios.get("e2e") is not None and ratios["e2e"] >= 0.6
     row("mailbridge end to end (ticket + ack)", f"{mb.get('e2e_rate', '-')} msgs/s",
         f"{ratios.get('e2e', '-')}x reference (target >= 0.6x) {_verdict(e2e_ok)}")
+    queues = mb.get("queues", {})
     row("burst 250 -> ack p50 / p95 / p99 / max",
-        " / ".join(_ms(lat.get(k)) for k in ("p50", "p95", "p99", "max")))
+        " / ".join(_ms(lat.get(k)) for k in ("p50", "p95", "p99", "max")),
+        f"backlog: max {queues.get('max_inbound_new', '-')} unprocessed, "
+        f"{queues.get('max_outbox_pending', '-')} unsent")
+    smtp = mb.get("smtp_transaction", {})
+    row("burst SMTP transaction (MAIL..250) p50 / p99",
+        " / ".join(_ms(smtp.get(k)) for k in ("p50", "p99")),
+        f"reference p99 {_ms(ref.get('smtp_transaction', {}).get('p99'))}")
     if steady:
         p99 = steady.get("ack_after_250", {}).get("p99")
         row(f"steady {steady.get('rate_target')} msgs/s x {steady.get('seconds_target'):.0f}s "
@@ -493,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steady-load duration (default 60; 0 skips it)")
     parser.add_argument("--steady-fraction", type=float, default=0.5,
                         help="steady rate as a fraction of the burst's end-to-end rate")
+    parser.add_argument("--steady-rate", type=float, default=None,
+                        help="a fixed steady rate (mails/s) instead of the fraction")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip the 25 MB phase")
     parser.add_argument("--no-imap", action="store_true")

@@ -372,6 +372,46 @@ def wait_for_progress(
         time.sleep(interval)
 
 
+class Sampler:
+    """Samples the daemon's queue depths and RSS every `interval` s in a thread."""
+
+    def __init__(self, daemon: DaemonProcess, interval: float = 0.5,
+                 max_seconds: float = 3600.0) -> None:
+        self.daemon = daemon
+        self.interval = interval
+        self.max_seconds = max_seconds
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        self.t0 = mono_now()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and mono_now() - self.t0 < self.max_seconds:
+            depths = queue_depths(self.daemon)
+            rss = self.daemon.memory().get("VmRSS", 0)
+            self.samples.append({"t": round(mono_now() - self.t0, 2), **depths, "rss": rss})
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(10)
+        if not self.samples:
+            return {}
+        worst = {key: max(self.samples, key=lambda s: s[key])
+                 for key in ("inbound_new", "outbox_pending")}
+        return {
+            "max_inbound_new": worst["inbound_new"]["inbound_new"],
+            "max_inbound_new_at": worst["inbound_new"]["t"],
+            "max_outbox_pending": worst["outbox_pending"]["outbox_pending"],
+            "max_outbox_pending_at": worst["outbox_pending"]["t"],
+            "series": self.samples[:: max(1, len(self.samples) // 120)],
+        }
+
+
 def queue_depths(daemon: DaemonProcess) -> dict[str, int]:
     """Unprocessed inbound rows and unsent outbox rows (both 0 = drained)."""
     try:

@@ -45,34 +45,49 @@ class SmtpConn:
         self.host, self.port, self.timeout = host, port, timeout
         self.client: smtplib.SMTP | None = None
 
-    def send(self, mail: Mail) -> Sent:
+    reconnects = 0  # all connections, for the report
+
+    def send(self, mail: Mail, attempts: int = 3) -> Sent:
+        """MAIL, RCPT, DATA on the open connection; like an MTA, a connection the
+        server closed (421: command limit, session time) before DATA is opened
+        again and the mail tried anew. Once DATA began there is no retry: its
+        outcome is unknown, and a resend would be a duplicate mailbridge did not cause."""
         t0 = mono_now()
-        try:
-            if self.client is None:
-                self.client = smtplib.SMTP(self.host, self.port, timeout=self.timeout,
-                                           local_hostname="cliente.compensar.example")
-                self.client.ehlo()
-                t0 = mono_now()  # the connection is not part of the mail's time
-            client = self.client
-            code, resp = client.mail(mail.mail_from, [f"SIZE={len(mail.raw)}"])
-            if code != 250:
-                client.rset()
+        for _attempt in range(attempts):
+            in_data = False
+            try:
+                if self.client is None:
+                    self.client = smtplib.SMTP(self.host, self.port, timeout=self.timeout,
+                                               local_hostname="cliente.compensar.example")
+                    self.client.ehlo()
+                    t0 = mono_now()  # the connection is not part of the mail's time
+                client = self.client
+                code, resp = client.mail(mail.mail_from, [f"SIZE={len(mail.raw)}"])
+                if code == 421:
+                    raise smtplib.SMTPServerDisconnected(resp.decode(errors="replace"))
+                if code != 250:
+                    client.rset()
+                    return Sent(mail, t0, mono_now(), code, resp.decode(errors="replace"))
+                accepted = 0
+                last = (0, b"")
+                for rcpt in mail.rcpt_tos:
+                    last = client.rcpt(rcpt)
+                    if last[0] == 421:
+                        raise smtplib.SMTPServerDisconnected(last[1].decode(errors="replace"))
+                    accepted += last[0] in (250, 251)
+                if not accepted:
+                    client.rset()
+                    return Sent(mail, t0, mono_now(), last[0], last[1].decode(errors="replace"))
+                in_data = True
+                code, resp = client.data(mail.raw)
                 return Sent(mail, t0, mono_now(), code, resp.decode(errors="replace"))
-            accepted = 0
-            last = (0, b"")
-            for rcpt in mail.rcpt_tos:
-                last = client.rcpt(rcpt)
-                accepted += last[0] in (250, 251)
-            if not accepted:
-                client.rset()
-                return Sent(mail, t0, mono_now(), last[0], last[1].decode(errors="replace"))
-            code, resp = client.data(mail.raw)
-            return Sent(mail, t0, mono_now(), code, resp.decode(errors="replace"))
-        except (smtplib.SMTPException, OSError) as exc:
-            self.close()
-            # No retry: the outcome of a DATA cut short is unknown, and a resend
-            # would count as a duplicate that mailbridge did not cause.
-            return Sent(mail, t0, mono_now(), -1, repr(exc))
+            except (smtplib.SMTPException, OSError) as exc:
+                self.close()
+                if in_data:
+                    return Sent(mail, t0, mono_now(), -1, repr(exc))
+                SmtpConn.reconnects += 1
+                last_error = exc
+        return Sent(mail, t0, mono_now(), -1, repr(last_error))
 
     def close(self) -> None:
         if self.client is not None:

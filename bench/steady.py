@@ -17,8 +17,8 @@ from typing import Any
 
 from checks import ack_latencies, correctness, wait_drained
 from corpus import Corpus
-from harness import RESULTS, DaemonProcess, SinkProcess, make_workdir, mono_now
-from load import Tracker, run_paced
+from harness import RESULTS, DaemonProcess, Sampler, SinkProcess, make_workdir, mono_now
+from load import SmtpConn, Tracker, run_paced
 
 
 def steady_phase(
@@ -46,10 +46,13 @@ def steady_phase(
     tracker = Tracker(corpus, openings, reply_plan, wait_for_replies=False)
     sink.on_event = tracker.on_sink_event
     cpu0 = daemon.cpu_seconds()
+    reconnects0 = SmtpConn.reconnects
+    sampler = Sampler(daemon).start()
     start, last_250 = run_paced(tracker, daemon.smtp_port, clients, rate, total,
                                 timeout=seconds * 3 + 30)
     drained = wait_drained(daemon, tracker, drain_timeout)
     cpu1 = daemon.cpu_seconds()
+    queues = sampler.stop()
     ok = tracker.ok_sent()
     elapsed = max(1e-9, last_250 - start)
     result: dict[str, Any] = {
@@ -60,11 +63,28 @@ def steady_phase(
         "rate_achieved": round(len(ok) / elapsed, 2),
         "drained": drained,
         "daemon_cpu_share": round((cpu1 - cpu0) / max(1e-9, mono_now() - start), 3),
+        "client_reconnects": SmtpConn.reconnects - reconnects0,
         **ack_latencies(tracker),
+        "slow_acks": slow_acks(tracker, start),
+        "queues": queues,
     }
     if check:
         result["correctness"] = correctness(daemon, tracker)
     return result
+
+
+def slow_acks(tracker: Tracker, start: float, threshold: float = 0.5,
+              limit: int = 60) -> list[list[float]]:
+    """[seconds into the run, 250 -> ack seconds] of the acks slower than `threshold`:
+    stalls that come in waves point at something periodic (sweeps, checkpoints)."""
+    out = []
+    with tracker.cond:
+        for mid, times in tracker.acks.items():
+            sent = tracker.sent.get(mid)
+            if sent is not None and sent.ok and min(times) - sent.t_done > threshold:
+                out.append([round(sent.t_done - start, 2), round(min(times) - sent.t_done, 3)])
+    out.sort()
+    return out[:: max(1, len(out) // limit)]
 
 
 def main(argv: list[str] | None = None) -> int:
