@@ -90,7 +90,28 @@ def make_engine(url: str, *, echo: bool = False, immediate: bool = True) -> Engi
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    event.listen(engine, "before_cursor_execute", _no_nul_in_text, retval=True)
+    return engine
+
+
+def _clean(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
+def _no_nul_in_text(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    """PostgreSQL text cannot hold NUL; mail text can. Stored as U+FFFD, visible, not lost."""
+    if isinstance(parameters, dict):
+        parameters = {k: _clean(v) for k, v in parameters.items()}
+    elif isinstance(parameters, list | tuple):
+        parameters = type(parameters)(
+            {k: _clean(v) for k, v in p.items()} if isinstance(p, dict)
+            else type(p)(_clean(v) for v in p) if isinstance(p, list | tuple) else _clean(p)
+            for p in parameters
+        )
+    return statement, parameters
 
 
 class Database:

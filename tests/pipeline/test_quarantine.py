@@ -24,7 +24,7 @@ class ExplodingStage:
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     env = {"MAILBRIDGE_DATA_DIR": str(settings.data_dir), "MAILBRIDGE_RULES": str(settings.rules),
-           "PATH": "/usr/bin:/bin"}
+           "MAILBRIDGE_DATABASE_URL": settings.resolved_database_url, "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "mailbridge", *args], env=env, capture_output=True,
                           text=True, check=False, cwd=settings.data_dir)
 
