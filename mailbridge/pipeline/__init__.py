@@ -8,7 +8,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
@@ -64,6 +70,27 @@ class Pipeline:
         self.on_imap_done = on_imap_done or (lambda: None)
 
     def process(self, inbound_id: int) -> ProcessResult | None:
+        """Process one stored mail, retrying once when a concurrent worker won a race.
+
+        A unique-key conflict (two workers creating the same counter row or storing
+        two copies of one Message-ID at once) says nothing about the mail: the second
+        attempt sees the winner's rows and decides again (e.g. "duplicate").
+        """
+        for _attempt in range(2):
+            try:
+                return self._process_once(inbound_id)
+            except IntegrityError:
+                log.info("concurrent write conflict; retrying", extra={"inbound_id": inbound_id})
+        try:
+            return self._process_once(inbound_id)
+        except IntegrityError as exc:
+            # Not a race after all: the mail itself conflicts. Keep it, say why.
+            detail = "".join(traceback.format_exception(exc))
+            quarantine(self.db, inbound_id, stage="store", error=detail)
+            metrics.PROCESSED.labels(outcome="quarantined").inc()
+            return ProcessResult(inbound_id, "quarantined")
+
+    def _process_once(self, inbound_id: int) -> ProcessResult | None:
         """Process one stored mail; None when another worker has it or it is done.
 
         Transient database errors propagate (the row stays `new` and is
@@ -94,7 +121,7 @@ class Pipeline:
                         if decided is not None:
                             outcome = decided
                             break
-                except TRANSIENT_DB_ERRORS:
+                except (*TRANSIENT_DB_ERRORS, IntegrityError):
                     raise
                 except Exception as exc:
                     raise StageError(stage_name, exc) from exc

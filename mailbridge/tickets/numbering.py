@@ -6,6 +6,8 @@ import re
 from functools import lru_cache
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailbridge.tickets.models import Counter
@@ -28,10 +30,14 @@ def next_case_number(session: Session) -> int:
     value = session.execute(stmt).scalar_one_or_none()
     if value is not None:
         return int(value)
-    # First case ever: the row is created here; a concurrent creator loses on the PK.
-    session.add(Counter(name=CASE_COUNTER, value=1))
-    session.flush()
-    return 1
+    # First case ever: create the row without racing another worker doing the same
+    # (INSERT … ON CONFLICT DO NOTHING on both backends), then take the number.
+    dialect = session.get_bind().dialect.name
+    insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert_fn(Counter).values(name=CASE_COUNTER, value=0).on_conflict_do_nothing()
+    )
+    return int(session.execute(stmt).scalar_one())
 
 
 def current_case_number(session: Session) -> int:
