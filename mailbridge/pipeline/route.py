@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mailbridge.auth import sender_is_authentic
 from mailbridge.pipeline.context import (
     ROLE_CUSTOMER,
     ROLE_EXTERNAL,
@@ -61,6 +62,10 @@ class Senders:
                 tenant_contacts = set(ctx.tenant.contacts) if ctx.tenant else set()
                 if sender not in tenant_contacts:
                     ctx.sender_role = ROLE_EXTERNAL
+            if ctx.sender_role in (ROLE_CUSTOMER, ROLE_STAFF) and not sender_is_authentic(ctx):
+                # A contact's or agent's address failing DMARC/DKIM (sender_auth): a stranger
+                # on the thread, whose commands and confirmations count for nothing.
+                ctx.sender_role = ROLE_EXTERNAL
             return None
         if ctx.sender_role == ROLE_STAFF:
             # Staff open nothing by writing to a queue; they answer on a case thread.
@@ -74,6 +79,10 @@ class Senders:
                              subject=f"No hemos abierto un caso: {ctx.mail.subject}"[:200])
             return Outcome("refused:shared-mailbox", sender)
         tenants = rules.tenants_of_contact(sender)
+        if tenants and not sender_is_authentic(ctx):
+            # A registered contact's address failing DMARC/DKIM (sender_auth): an unknown
+            # sender, kept but not answered (the answer would go to the forged address).
+            return Outcome("refused:unauthenticated-sender", sender)
         if ctx.tenant is None and len(tenants) == 1:
             # A registered contact who forgot the tenant ID: their tenant is known.
             ctx.tenant, ctx.tenant_id = tenants[0], tenants[0].id
