@@ -112,3 +112,17 @@ def test_metrics_count_what_happened(make_daemon, sink) -> None:
     assert "mailbridge_quarantine_size 0.0" in text
     assert "mailbridge_inbound_waiting 0.0" in text
     daemon.stop()
+
+
+def test_db_upgrade_command_and_run_refuses_an_old_schema(tmp_path) -> None:
+    from tests.support.daemon import Daemon
+
+    daemon = Daemon(tmp_path / "fresh")
+    daemon.data_dir.mkdir(parents=True)
+    refused = daemon.cli("run", check=False)
+    assert refused.returncode == 78
+    assert b"mailbridge db upgrade" in refused.stderr
+    done = daemon.cli("db", "upgrade")
+    assert b"database at head" in done.stdout
+    daemon.start()
+    assert daemon.stop() == 0

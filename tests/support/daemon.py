@@ -65,8 +65,11 @@ class Daemon:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def upgrade(self) -> None:
+        """Migrate the daemon's database (in this process: `db upgrade` has its own test)."""
+        from mailbridge.schema import upgrade
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.cli("db", "upgrade")
+        upgrade(self.database_url)
 
     def start(self, timeout: float = 20.0) -> Daemon:
         listen = self.data_dir / "run" / "listen.json"
