@@ -32,10 +32,33 @@ def _key(frame: str) -> str:
     return f"{match['func']} ({_short(match['file'])})"
 
 
+_LIBRARIES = (
+    ("DefaultDialect.do_", "sqlite3 (SQL execution, commit)"),
+    ("sqlalchemy/", "SQLAlchemy (ORM and Core, Python side)"),
+    ("mailparser_reply/", "mail-parser-reply"),
+    ("mailparser/", "mail-parser"),
+    ("email/", "stdlib email (parse, headers, generate)"),
+    ("jinja2/", "Jinja2"),
+    ("aiosmtpd/", "aiosmtpd"),
+    ("asyncio/", "asyncio"),
+    ("smtplib", "smtplib (relay)"),
+    ("mailbridge/", "mailbridge's own code"),
+)
+
+
+def _library(key: str) -> str:
+    """Which library a frame (on top of the stack) belongs to."""
+    for marker, name in _LIBRARIES:
+        if marker in key:
+            return name
+    return "other (stdlib re, json, logging …)"
+
+
 def summarize(path: Path, top: int = 25) -> dict[str, Any]:
     threads: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
+    libraries: Counter[str] = Counter()
     by_thread_inclusive: dict[str, Counter[str]] = {}
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -59,6 +82,7 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
             by_thread_inclusive.setdefault(thread_name, Counter())[key] += count
         if keys:
             leaf[keys[-1]] += count
+            libraries[_library(keys[-1])] += count
 
     def share(counter: Counter[str], n: int) -> list[dict[str, Any]]:
         return [{"frame": k, "samples": v, "share": round(v / total, 4) if total else 0.0}
@@ -68,6 +92,7 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
     return {
         "samples": total,
         "project": share(project, top * 2),
+        "libraries": share(libraries, 15),
         "threads": share(threads, 20),
         "inclusive": share(inclusive, top),
         "self": share(leaf, top),
@@ -85,6 +110,8 @@ def render(summary: dict[str, Any], top: int = 20) -> str:
     lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary["threads"]]
     lines += ["", "inclusive (a frame anywhere on the stack):"]
     lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary["inclusive"][:top]]
+    lines += ["", "self time by library:"]
+    lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary.get("libraries", [])]
     lines += ["", "mailbridge's own functions, inclusive:"]
     lines += [f"  {row['share']:6.1%}  {row['frame']}" for row in summary.get("project", [])]
     lines += ["", "self (the frame on top):"]

@@ -17,7 +17,16 @@ from typing import Any
 
 from checks import ack_latencies, correctness, wait_drained
 from corpus import Corpus
-from harness import RESULTS, DaemonProcess, Sampler, SinkProcess, make_workdir, mono_now
+from harness import (
+    RESULTS,
+    DaemonProcess,
+    Sampler,
+    SinkProcess,
+    bench_rules,
+    make_workdir,
+    mono_now,
+    prepare_tree,
+)
 from load import SmtpConn, Tracker, run_paced
 
 
@@ -93,13 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tree", default="working",
+                        help="'working', a git revision, or a source directory (see e2e.py)")
+    parser.add_argument("--auto-reply-limit", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     args = parser.parse_args(argv)
 
     workdir = make_workdir("steady")
-    corpus = Corpus(args.seed, domain_tag="steady")
+    tree = prepare_tree(args.tree, workdir)
+    rules, note = bench_rules(tree, workdir, {"auto_reply_limit_per_hour": args.auto_reply_limit,
+                                              "ack_limit_per_hour": args.auto_reply_limit})
+    corpus = Corpus(args.seed, domain_tag=f"steady{int(time.time())}")
     sink = SinkProcess("relay", workdir).start()
-    daemon = DaemonProcess(workdir / "data", sink.port)
+    daemon = DaemonProcess(workdir / "data", sink.port, tree=tree, rules=rules)
     try:
         daemon.upgrade()
         daemon.start()
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         result = steady_phase(daemon, sink, corpus, rate=args.rate, seconds=args.seconds,
                               clients=args.clients, start_index=0, check=True)
         result["memory"] = daemon.memory()
+        result["rules"] = note
     finally:
         daemon.stop()
         sink.stop()
