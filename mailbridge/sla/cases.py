@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from mailbridge.rules import Rules, Tenant
@@ -19,7 +19,14 @@ from mailbridge.sla.clocks import (
     clock_started_at,
     response_due,
 )
-from mailbridge.tickets.models import CaseAction, Ticket, TicketMessage
+from mailbridge.tickets.models import (
+    STATUS_CLOSED,
+    STATUS_RESOLVED,
+    CaseAction,
+    SchedulerJob,
+    Ticket,
+    TicketMessage,
+)
 
 AT_RISK_FRACTION = 0.75
 
@@ -173,10 +180,6 @@ def last_customer_message_at(
 
 def sla_status(session: Session, now: datetime, limit: int = 100) -> dict[str, Any]:
     """What `mailbridge status` shows about service levels and the SLA timers."""
-    from sqlalchemy import and_
-
-    from mailbridge.tickets.models import STATUS_CLOSED, STATUS_RESOLVED, SchedulerJob
-
     waiting = and_(
         ~Ticket.status.in_((STATUS_RESOLVED, STATUS_CLOSED)),
         Ticket.first_response_at.is_(None),

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbridge import metrics
@@ -41,11 +41,11 @@ class SweepResult:
         return any(self.done.get(k) for k in ("escalated", "attempts", "closed"))
 
 
-def _has_ack_mail() -> exists:  # type: ignore[type-arg]
+def _has_ack_mail() -> ColumnElement[bool]:
     return exists().where(OutboxMail.ticket_id == Ticket.id, OutboxMail.kind == "ack")
 
 
-def _ack_overdue(now: datetime):  # type: ignore[no-untyped-def]
+def _ack_overdue(now: datetime) -> ColumnElement[bool]:
     """Unsent past its deadline, or sent after it (SPEC §5: the 15-minute promise)."""
     return and_(
         _has_ack_mail(),
