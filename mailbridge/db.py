@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -122,6 +124,9 @@ class Database:
 
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._writer_lock: threading.RLock | contextlib.nullcontext[None] = (
+            threading.RLock() if self.is_sqlite else contextlib.nullcontext()
+        )
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite readers must not take the write lock; PostgreSQL needs no split.
@@ -131,8 +136,13 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One unit of work: commits on success, rolls back on any error."""
-        with self.sessions() as session, session.begin():
+        """One unit of work: commits on success, rolls back on any error.
+
+        On SQLite the writers of this process queue on a lock that wakes the next
+        one at once; SQLite's own busy handler polls with sleeps of up to 100 ms,
+        which under load starves whoever is unlucky (measured in bench/).
+        """
+        with self._writer_lock, self.sessions() as session, session.begin():
             yield session
 
     @contextmanager

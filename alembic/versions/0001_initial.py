@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-28 02:27:49.864695
+Create Date: 2026-11-28 02:50:26.478166
 """
 from collections.abc import Sequence
 
@@ -97,9 +97,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_tickets_response_due_at'), ['response_due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_sender'), ['sender'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_status'), ['status'], unique=False)
-        batch_op.create_index(batch_op.f('ix_tickets_subject_key'), ['subject_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_tenant_id'), ['tenant_id'], unique=False)
         batch_op.create_index('ix_tickets_tenant_status', ['tenant_id', 'status'], unique=False)
+        batch_op.create_index('ix_tickets_tenant_subject_key', ['tenant_id', 'subject_key'], unique=False)
 
     op.create_table('case_actions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -311,9 +311,9 @@ def downgrade() -> None:
 
     op.drop_table('case_actions')
     with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.drop_index('ix_tickets_tenant_subject_key')
         batch_op.drop_index('ix_tickets_tenant_status')
         batch_op.drop_index(batch_op.f('ix_tickets_tenant_id'))
-        batch_op.drop_index(batch_op.f('ix_tickets_subject_key'))
         batch_op.drop_index(batch_op.f('ix_tickets_status'))
         batch_op.drop_index(batch_op.f('ix_tickets_sender'))
         batch_op.drop_index(batch_op.f('ix_tickets_response_due_at'))

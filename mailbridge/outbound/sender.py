@@ -234,80 +234,79 @@ class OutboxSender:
     def send_due(self, limit: int = 100) -> SendResult:
         """Send what is due now; returns the counts. Safe to call from tests."""
         result = SendResult()
-        self._recover_accepted()
         if time.monotonic() < self.paused_until:
             return result
-        with self.db.reader() as session:
-            rows = session.execute(
-                select(OutboxMail.id)
-                .where(OutboxMail.state == STATE_PENDING, OutboxMail.next_attempt_at <= utcnow())
-                .order_by(OutboxMail.id)
-                .limit(limit)
-            ).scalars().all()
         try:
-            for outbox_id in rows:
-                if self._stop.is_set() and result.sent:
-                    break
-                outcome = self._send_one(outbox_id)
-                setattr(result, outcome, getattr(result, outcome) + 1)
-                if outcome == "deferred":
-                    break  # the relay is down: do not hammer it row by row
+            if self.db.is_sqlite:
+                self._send_batch_sqlite(result, limit)
+            else:
+                with self.db.reader() as session:
+                    ids = session.execute(
+                        select(OutboxMail.id)
+                        .where(OutboxMail.state == STATE_PENDING,
+                               OutboxMail.next_attempt_at <= utcnow())
+                        .order_by(OutboxMail.id)
+                        .limit(limit)
+                    ).scalars().all()
+                for outbox_id in ids:
+                    if self._stop.is_set() and result.sent:
+                        break
+                    outcome = self._send_one(outbox_id)
+                    setattr(result, outcome, getattr(result, outcome) + 1)
+                    if outcome == "deferred":
+                        break  # the relay is down: do not hammer it row by row
         finally:
             self.transport.close()
         return result
 
-    def _send_one(self, outbox_id: int) -> str:
-        """Send one row and record the result.
+    def _send_batch_sqlite(self, result: SendResult, limit: int, chunk: int = 25) -> None:
+        """SQLite: read a chunk of due mail at once, send it, record it in one commit.
 
-        On PostgreSQL the row is locked (SKIP LOCKED) for the whole send, so two
-        workers never send the same mail; SQLite has one daemon per file, and
-        must not hold its single write lock across a network round trip.
+        The single write lock is never held across the network; a crash after a
+        send and before the commit resends with the same Message-ID.
         """
-        if not self.db.is_sqlite:
+        while not (self._stop.is_set() and result.sent) and limit > 0:
+            with self.db.reader() as session:
+                rows = session.execute(
+                    select(OutboxMail.id, OutboxMail.mail_from, OutboxMail.rcpt_tos,
+                           OutboxMail.raw, OutboxMail.message_id)
+                    .where(OutboxMail.state == STATE_PENDING,
+                           OutboxMail.next_attempt_at <= utcnow())
+                    .order_by(OutboxMail.id)
+                    .limit(min(chunk, limit))
+                ).all()
+            if not rows:
+                return
+            limit -= len(rows)
+            outcomes: list[tuple[int, PermanentFailure | TransientFailure | None]] = []
+            for outbox_id, mail_from, rcpt_tos, raw, message_id in rows:
+                error = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
+                outcomes.append((outbox_id, error))
+                if isinstance(error, TransientFailure):
+                    break  # the relay is down: do not hammer it row by row
             with self.db.transaction() as session:
-                row = session.scalars(
-                    select(OutboxMail)
-                    .where(OutboxMail.id == outbox_id, OutboxMail.state == STATE_PENDING)
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if row is None:
-                    return "skipped"
-                return self._deliver(session, row)
-        with self.db.reader() as session:
-            row = session.get(OutboxMail, outbox_id)
-            if row is None or row.state != STATE_PENDING:
-                return "skipped"
-            raw, mail_from, rcpt_tos, message_id = (
-                row.raw, row.mail_from, list(row.rcpt_tos), row.message_id
-            )
-        assert self.accepted is not None
-        error = self._transmit(mail_from, rcpt_tos, raw, message_id)
-        if error is None:
-            self.accepted.set(message_id)
-        with self.db.transaction() as session:
-            row = session.get(OutboxMail, outbox_id)
-            if row is None:
-                return "skipped"
-            outcome = self._record(session, row, error)
-        self.accepted.clear()
-        return outcome
+                for outbox_id, error in outcomes:
+                    row = session.get(OutboxMail, outbox_id)
+                    if row is None or row.state != STATE_PENDING:
+                        result.skipped += 1
+                        continue
+                    outcome = self._record(session, row, error)
+                    setattr(result, outcome, getattr(result, outcome) + 1)
+            if result.deferred:
+                return
 
-    def _recover_accepted(self) -> None:
-        """A mail the relay accepted just before a crash is recorded as sent, not resent."""
-        message_id = self.accepted.get() if self.accepted is not None else ""
-        if not message_id:
-            return
+    def _send_one(self, outbox_id: int) -> str:
+        """PostgreSQL: the row stays locked (SKIP LOCKED) for the whole send, so two
+        workers never send the same mail."""
         with self.db.transaction() as session:
             row = session.scalars(
-                select(OutboxMail).where(
-                    OutboxMail.message_id == message_id, OutboxMail.state == STATE_PENDING
-                )
+                select(OutboxMail)
+                .where(OutboxMail.id == outbox_id, OutboxMail.state == STATE_PENDING)
+                .with_for_update(skip_locked=True)
             ).first()
-            if row is not None:
-                log.warning("the relay accepted this mail before a restart; not sent again",
-                            extra={"message_id": message_id})
-                self._record(session, row, None)
-        self.accepted.clear()  # type: ignore[union-attr]
+            if row is None:
+                return "skipped"
+            return self._deliver(session, row)
 
     def _deliver(self, session: Session, row: OutboxMail) -> str:
         error = self._transmit(row.mail_from, list(row.rcpt_tos), row.raw, row.message_id)

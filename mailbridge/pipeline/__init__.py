@@ -23,7 +23,14 @@ from mailbridge.pipeline.context import MailContext, Outcome
 from mailbridge.pipeline.stages import STAGES, Stage
 from mailbridge.rules import Rules
 from mailbridge.settings import Settings
-from mailbridge.spool import STATE_DONE, claim, next_pending_ids, quarantine
+from mailbridge.spool import (
+    STATE_DONE,
+    STATE_NEW,
+    InboundMail,
+    claim,
+    next_pending_ids,
+    quarantine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,19 @@ class Pipeline:
         Transient database errors propagate (the row stays `new` and is
         retried); any other error quarantines the mail with its stage.
         """
+        # Parse outside the write transaction: on SQLite the write lock is the
+        # whole database, and intake is waiting for it.
+        with self.db.reader() as session:
+            pending = session.get(InboundMail, inbound_id)
+            if pending is None or pending.state != STATE_NEW:
+                return None
+            raw = pending.raw
+        try:
+            mail = parse_mail(raw)
+            parse_error: Exception | None = None
+        except Exception as exc:  # parse_mail never raises; if it does, keep the mail
+            parse_error = exc
+        del raw
         try:
             with self.db.transaction() as session:
                 inbound = claim(session, inbound_id)
@@ -104,7 +124,8 @@ class Pipeline:
                 channel = inbound.channel
                 stage_name = "parse"
                 try:
-                    mail = parse_mail(inbound.raw)
+                    if parse_error is not None:
+                        raise parse_error
                     inbound.message_id = mail.message_id[:998] if mail.message_id else None
                     ctx = MailContext(
                         session=session,

@@ -50,7 +50,7 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     subject: Mapped[str] = mapped_column(Text)
     # The subject as the case is known by (no Re:/token, folded): finds look-alikes.
-    subject_key: Mapped[str] = mapped_column(String(255), default="", index=True)
+    subject_key: Mapped[str] = mapped_column(String(255), default="")
     sender: Mapped[str] = mapped_column(String(320), index=True)
     sender_name: Mapped[str | None] = mapped_column(String(320))
     cc: Mapped[list[Any]] = mapped_column(default=list)
@@ -237,5 +237,6 @@ class VendorReference(Base):
 
 
 Index("ix_tickets_tenant_status", Ticket.tenant_id, Ticket.status)
+Index("ix_tickets_tenant_subject_key", Ticket.tenant_id, Ticket.subject_key)
 Index("ix_auto_replies_address_at", AutoReply.address, AutoReply.at)
 Index("ix_vendor_references_target_ticket", VendorReference.target, VendorReference.vendor_ticket)
