@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     worker_poll_interval: float = Field(default=2.0, description="seconds between queue scans")
     drain_timeout: float = Field(default=30.0, description="seconds SIGTERM waits for work")
     ack_deadline: float = Field(default=900.0, description="acknowledgement promise, seconds")
+    sla_sweep_interval: float = Field(
+        default=60.0, ge=0, description="seconds between SLA/escalation sweeps; 0 = off here"
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json or text")
 

@@ -20,7 +20,6 @@ Design (SPEC §6: timers survive restarts and run once even with several workers
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 JOBS_TABLE = SchedulerJob.__tablename__
 JOB_PREFIX = "sla-sweep:"
-DEFAULT_SWEEP_INTERVAL = 60.0
 # How soon the scheduler retries after its job store failed (the database was away).
 _STORE_RETRY = timedelta(seconds=30)
 
@@ -56,17 +54,8 @@ def job_id(kind: str) -> str:
 
 
 def sweep_interval(settings: Settings) -> float:
-    """Seconds between sweeps: `settings.sla_sweep_interval` or MAILBRIDGE_SLA_SWEEP_INTERVAL.
-
-    0 turns the scheduler off (no sweeps in this process).
-    """
-    value = getattr(settings, "sla_sweep_interval", None)
-    if value is None:
-        value = os.environ.get("MAILBRIDGE_SLA_SWEEP_INTERVAL", DEFAULT_SWEEP_INTERVAL)
-    seconds = float(value)
-    if seconds < 0:
-        raise ValueError(f"the SLA sweep interval must not be negative, got {seconds}")
-    return seconds
+    """Seconds between sweeps (MAILBRIDGE_SLA_SWEEP_INTERVAL); 0 turns the scheduler off."""
+    return float(settings.sla_sweep_interval)
 
 
 @dataclass

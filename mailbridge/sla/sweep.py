@@ -26,7 +26,7 @@ from mailbridge.tickets.models import STATUS_CLOSED, STATUS_RESOLVED, Ticket, Ti
 
 log = logging.getLogger(__name__)
 
-SWEEP_KINDS = ("acks", "response", "escalation", "closing")
+SWEEP_KINDS = ("acks", "response", "escalation", "closing", "vendors")
 _ACTIVE = ~Ticket.status.in_((STATUS_RESOLVED, STATUS_CLOSED))
 
 
@@ -38,7 +38,8 @@ class SweepResult:
     @property
     def mails(self) -> bool:
         """Whether the sweep queued outbound mail (the sender should wake up)."""
-        return any(self.done.get(k) for k in ("escalated", "attempts", "closed"))
+        queued = ("escalated", "attempts", "closed", "vendor_reminders")
+        return any(self.done.get(k) for k in queued)
 
 
 def _has_ack_mail() -> ColumnElement[bool]:
@@ -152,6 +153,10 @@ def run_sweep(kind: str, db: Database, rules: Rules, now: datetime) -> SweepResu
             result.done["escalated"] = sweep_escalations(db, rules, now)
         elif kind == "closing":
             result.done["attempts"], result.done["closed"] = sweep_closing(db, rules, now)
+        elif kind == "vendors":
+            from mailbridge.escalation.reminders import remind_overdue_vendors
+
+            result.done["vendor_reminders"] = len(remind_overdue_vendors(db, rules, now))
         else:
             raise ValueError(f"unknown sweep {kind!r} (known: {', '.join(SWEEP_KINDS)})")
     except Exception:
