@@ -17,11 +17,27 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _db(settings: Settings):  # type: ignore[no-untyped-def]
+class SchemaBehind(SystemExit):
+    pass
+
+
+def _db(settings: Settings, *, behind_exit: int = 78):  # type: ignore[no-untyped-def]
+    """The database, or exit with a clear sentence when its schema is not current."""
     from mailbridge.db import Database
+    from mailbridge.schema import pending_revision
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        head = pending_revision(db.engine)
+    except Exception as exc:  # unreachable database: say so, with the sysexits code
+        print(f"error: database unavailable: {exc}", file=sys.stderr)
+        raise SchemaBehind(75 if behind_exit == 75 else 69) from None
+    if head is not None:
+        print(f"error: the database schema is not at {head}: run `mailbridge db upgrade`",
+              file=sys.stderr)
+        raise SchemaBehind(behind_exit)
+    return db
 
 
 def _print_json(data: Any) -> None:
@@ -57,7 +73,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from mailbridge.intake.pipe import EX_NOINPUT, EX_OK, ingest_bytes, read_input
+    from mailbridge.intake.pipe import EX_NOINPUT, EX_OK, EX_TEMPFAIL, ingest_bytes, read_input
     from mailbridge.rules import RulesError, load_rules
 
     settings = _settings()
@@ -66,7 +82,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EX_NOINPUT
-    db = _db(settings)
+    db = _db(settings, behind_exit=EX_TEMPFAIL)  # the MTA keeps the mail and retries
     code, inbound_id, reason = ingest_bytes(
         db,
         raw,

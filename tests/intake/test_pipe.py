@@ -53,3 +53,15 @@ def test_same_message_twice_makes_one_case(make_daemon) -> None:
     daemon.cli("ingest", "-", input=raw)
     daemon.cli("ingest", "-", input=raw)
     assert len(daemon.cli_json("tickets", "list")) == 1
+
+
+def test_ingest_into_an_unmigrated_database_is_75(tmp_path) -> None:
+    from tests.support.daemon import Daemon
+
+    daemon = Daemon(tmp_path / "new")
+    daemon.data_dir.mkdir(parents=True)
+    result = daemon.cli("ingest", "-", input=opening_mail().as_bytes(), check=False)
+    assert result.returncode == 75  # the MTA keeps the mail and retries
+    assert b"mailbridge db upgrade" in result.stderr
+    listed = daemon.cli("tickets", "list", check=False)
+    assert listed.returncode == 78 and b"mailbridge db upgrade" in listed.stderr
