@@ -64,6 +64,12 @@ def _prioridad(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandRe
     old = ticket.priority
     ticket.priority = wanted
     ticket.severity = ctx.rules.priorities[wanted].severity  # type: ignore[index]
+    if ticket.first_response_at is None:
+        # The response clock still runs: its target follows the new severity.
+        from mailbridge.sla.cases import start_response_clock
+
+        start_response_clock(ticket, ctx.rules, ctx.rules.tenant(ticket.tenant_id),
+                             ticket.created_at)
     ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="priority", at=ctx.now,
                                 data={"from": old, "to": wanted, "by": ctx.sender}))
     return CommandResult(cmd.line, True, f"prioridad cambiada de {old} a {wanted}")
