@@ -40,6 +40,18 @@ def _db(settings: Settings, *, behind_exit: int = 78):  # type: ignore[no-untype
     return db
 
 
+def _rules(settings: Settings):  # type: ignore[no-untyped-def]
+    """The rules in force, or exit 78 (EX_CONFIG) listing every problem with its place."""
+    from mailbridge.rules import RulesError, load_rules
+
+    try:
+        return load_rules(settings.rules)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(78) from None
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, ensure_ascii=False, indent=2, default=str)
     sys.stdout.write("\n")
@@ -195,7 +207,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_parse(args: argparse.Namespace) -> int:
     from mailbridge.inspect import describe_mail
     from mailbridge.intake.pipe import EX_NOINPUT, read_input
-    from mailbridge.rules import RulesError, load_rules
 
     settings = _settings()
     try:
@@ -203,12 +214,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EX_NOINPUT
-    try:
-        rules = load_rules(settings.rules)
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 78
+    rules = _rules(settings)
     report = describe_mail(raw, rules)
     if args.json:
         _print_json(report)
@@ -283,9 +289,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     # replay
     release_for_replay(db, args.id)
     from mailbridge.pipeline import Pipeline
-    from mailbridge.rules import load_rules
-
-    rules = load_rules(settings.rules)
+    rules = _rules(settings)
     result = Pipeline(db, settings, lambda: rules).process(args.id)
     outcome = result.outcome if result else "queued"
     print(f"mail {args.id} replayed: {outcome}")
@@ -297,16 +301,10 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     from mailbridge.db import utcnow
     from mailbridge.escalation.fields import UnknownField, values_from_pairs
     from mailbridge.escalation.service import MISSING, ORIGIN_CLI, SENT, escalate
-    from mailbridge.rules import RulesError, load_rules
     from mailbridge.tickets.service import get_ticket
 
     settings = _settings()
-    try:
-        rules = load_rules(settings.rules)
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 78
+    rules = _rules(settings)
     target = rules.escalation_target(args.target)
     if target is None:
         known = ", ".join(sorted(rules.escalation_targets)) or "none configured"
@@ -348,15 +346,9 @@ def cmd_escalation_sweep(args: argparse.Namespace) -> int:
 
     from mailbridge.db import utcnow
     from mailbridge.escalation.reminders import remind_overdue_vendors
-    from mailbridge.rules import RulesError, load_rules
 
     settings = _settings()
-    try:
-        rules = load_rules(settings.rules)
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 78
+    rules = _rules(settings)
     now = utcnow()
     if args.now:
         now = datetime.fromisoformat(args.now)
