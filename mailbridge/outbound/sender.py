@@ -21,6 +21,7 @@ from mailbridge.db import Database, utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, STATE_SENT, OutboxMail
 from mailbridge.settings import Settings
 from mailbridge.tickets.models import Ticket, TicketEvent
+from mailbridge.workers import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +131,17 @@ class RelayTransport:
 
 
 class AcceptedMarker:
-    """The Message-ID the relay just accepted, until the database records it as sent.
+    """Message-IDs the relay accepted that the database does not yet record as sent.
 
-    SQLite has one sender per database file and records "sent" only once it gets the
-    write lock, tens of milliseconds after the relay's 250 when the pipeline is busy;
-    a crash in between used to send the mail again. The marker is written right after
-    the 250 (one write, no fsync: it is there for a killed process, not a power cut)
-    and cleared after the commit; a pending row it names is recorded, not resent. Its
-    file keeps a fixed size, so a full disk cannot refuse the write.
+    The SQLite sender sends a chunk, then records it in one commit. A crash, or a
+    database error at that commit (locked, disk full), used to send the whole chunk
+    again. Each ID is appended right after the relay's 250 (one write, no fsync: it is
+    there for a killed process, not a power cut) and the list is cleared after the
+    commit; before sending anything, a pass records the pending rows it names as sent.
+    The file keeps a fixed size, so a full disk cannot refuse the write.
     """
 
-    SIZE = 1024
+    SIZE = 64 * 1024
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,22 +149,31 @@ class AcceptedMarker:
         if os.fstat(self.fd).st_size != self.SIZE:
             os.ftruncate(self.fd, 0)
             os.pwrite(self.fd, bytes(self.SIZE), 0)
+        self.used = len(os.pread(self.fd, self.SIZE, 0).rstrip(b"\0"))
 
-    def get(self) -> str:
-        return os.pread(self.fd, self.SIZE, 0).rstrip(b"\0").decode("utf-8", "replace")
+    def get(self) -> list[str]:
+        data = os.pread(self.fd, self.SIZE, 0).rstrip(b"\0").decode("utf-8", "replace")
+        return [line for line in data.split("\n") if line]
 
-    def set(self, message_id: str) -> None:
-        data = message_id.encode("utf-8", "replace")[: self.SIZE]
-        self._write(data + bytes(self.SIZE - len(data)))
+    def add(self, message_id: str) -> None:
+        data = message_id.encode("utf-8", "replace") + b"\n"
+        if self.used + len(data) > self.SIZE:
+            log.warning("outbox marker full", extra={"message_id": message_id})
+            return
+        if self._write(data, self.used):
+            self.used += len(data)
 
     def clear(self) -> None:
-        self._write(bytes(self.SIZE))
+        if self.used and self._write(bytes(self.used), 0):
+            self.used = 0
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, offset: int) -> bool:
         try:
-            os.pwrite(self.fd, data, 0)
+            os.pwrite(self.fd, data, offset)
         except OSError as exc:  # only the crash window reopens; the send itself stands
             log.warning("outbox marker not written", extra={"error": str(exc)})
+            return False
+        return True
 
 
 @dataclass
@@ -174,10 +184,13 @@ class SendResult:
     skipped: int = 0  # taken by another worker, or already done
 
 
-class OutboxSender:
+class OutboxSender(BackgroundLoop):
     """Runs in its own thread; woken when the pipeline queues mail."""
 
+    thread_name = "outbox-sender"
+
     def __init__(self, db: Database, settings: Settings) -> None:
+        super().__init__()
         self.db = db
         self.settings = settings
         self.transport: MaildirTransport | RelayTransport
@@ -188,22 +201,9 @@ class OutboxSender:
         self.accepted = (
             AcceptedMarker(settings.run_dir / "outbox-accepted") if db.is_sqlite else None
         )
-        self.wakeup = threading.Event()
-        self._stop = threading.Event()
         # After a transient relay failure nothing is tried before this instant
         # (monotonic), so a dead relay is not hammered once per queued row.
         self.paused_until = 0.0
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self.wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -262,9 +262,11 @@ class OutboxSender:
     def _send_batch_sqlite(self, result: SendResult, limit: int, chunk: int = 25) -> None:
         """SQLite: read a chunk of due mail at once, send it, record it in one commit.
 
-        The single write lock is never held across the network; a crash after a
-        send and before the commit resends with the same Message-ID.
+        The single write lock is never held across the network; what the relay
+        accepted is remembered in the marker until the commit, so a crash or a failed
+        commit in between does not send it again.
         """
+        self._recover_accepted()
         while not (self._stop.is_set() and result.sent) and limit > 0:
             with self.db.reader() as session:
                 rows = session.execute(
@@ -281,6 +283,8 @@ class OutboxSender:
             outcomes: list[tuple[int, PermanentFailure | TransientFailure | None]] = []
             for outbox_id, mail_from, rcpt_tos, raw, message_id in rows:
                 error = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
+                if error is None and self.accepted is not None:
+                    self.accepted.add(message_id)
                 outcomes.append((outbox_id, error))
                 if isinstance(error, TransientFailure):
                     break  # the relay is down: do not hammer it row by row
@@ -292,8 +296,25 @@ class OutboxSender:
                         continue
                     outcome = self._record(session, row, error)
                     setattr(result, outcome, getattr(result, outcome) + 1)
+            if self.accepted is not None:
+                self.accepted.clear()
             if result.deferred:
                 return
+
+    def _recover_accepted(self) -> None:
+        """Mail the relay accepted before a crash or a failed commit: recorded, not resent."""
+        accepted = self.accepted.get() if self.accepted is not None else []
+        if not accepted:
+            return
+        with self.db.transaction() as session:
+            rows = session.scalars(select(OutboxMail).where(
+                OutboxMail.message_id.in_(accepted), OutboxMail.state == STATE_PENDING
+            )).all()
+            for row in rows:
+                log.warning("the relay accepted this mail before; recorded, not sent again",
+                            extra={"message_id": row.message_id})
+                self._record(session, row, None)
+        self.accepted.clear()  # type: ignore[union-attr]
 
     def _send_one(self, outbox_id: int) -> str:
         """PostgreSQL: the row stays locked (SKIP LOCKED) for the whole send, so two

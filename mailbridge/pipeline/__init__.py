@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from mailbridge.spool import (
     next_pending_ids,
     quarantine,
 )
+from mailbridge.workers import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -189,26 +189,18 @@ class Pipeline:
         return results
 
 
-class PipelineWorker:
-    """A thread that processes stored mail as soon as intake signals it."""
+class PipelineWorker(BackgroundLoop):
+    """A thread that processes stored mail as soon as intake signals it.
+
+    On stop it finishes the mail in hand and the queue already stored.
+    """
+
+    thread_name = "pipeline"
 
     def __init__(self, pipeline: Pipeline, poll_interval: float) -> None:
+        super().__init__()
         self.pipeline = pipeline
         self.poll_interval = poll_interval
-        self.wakeup = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the mail in hand and the queue already stored, then return."""
-        self._stop.set()
-        self.wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         backoff = 0.0
