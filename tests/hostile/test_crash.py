@@ -113,7 +113,7 @@ def run_harness(make_daemon, tmp_path, imap: DovecotServer | None) -> None:  # t
 
     kills: list[dict[str, object]] = []
     ambiguous: set[str] = set()
-    recovered = 0  # accepted by the relay, not yet recorded, remembered by the marker
+    recovered = 0  # accepted by the relay, not yet recorded at the kill, named by the marker
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.2, 1.6))
         assert daemon.proc is not None
@@ -124,12 +124,12 @@ def run_harness(make_daemon, tmp_path, imap: DovecotServer | None) -> None:  # t
         # fell between the relay's 250 and our commit; it will be sent again.
         at_sink = {r.message["Message-ID"] for r in sink.received}
         marker = daemon.data_dir / "run" / "outbox-accepted"
-        remembered = marker.read_bytes().rstrip(b"\0").decode() if marker.exists() else ""
-        unrecorded = {
-            mid for (mid,) in daemon.query("SELECT message_id FROM outbox WHERE state = 'pending'")
-            if mid in at_sink and mid != remembered
-        }
-        recovered += int(bool(remembered))
+        remembered = set(marker.read_bytes().rstrip(b"\0").decode().split()
+                         if marker.exists() else [])
+        not_sent = {mid for (mid,) in
+                    daemon.query("SELECT message_id FROM outbox WHERE state = 'pending'")}
+        unrecorded = {mid for mid in not_sent if mid in at_sink and mid not in remembered}
+        recovered += len(remembered & not_sent)
         ambiguous |= unrecorded
         with lock:
             kills.append({"at_s": at, "acked_so_far": len(acked), "sent_not_recorded": len(unrecorded)})
@@ -179,7 +179,7 @@ def run_harness(make_daemon, tmp_path, imap: DovecotServer | None) -> None:  # t
            acks_at_sink=len(at_sink), acks_missing=len(missing_acks),
            imap_left_in_inbox=in_inbox, imap_moved=in_processed,
            duplicated_at_sink=sum(c - 1 for c in duplicated.values()),
-           marker_set_at_kill=recovered,
+           accepted_unrecorded_at_kill_saved_by_marker=recovered,
            sent_not_recorded_at_kill=len(ambiguous), unexplained_duplicates=len(unexplained),
            seconds=round(elapsed, 1))
     assert len(kills) == KILLS
