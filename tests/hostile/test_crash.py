@@ -25,6 +25,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from tests.hostile.helpers import hostile_rules, report
 from tests.support.daemon import opening_mail
 from tests.support.dovecot import DovecotServer, dovecot_binary
@@ -38,6 +40,7 @@ CLIENTS = 4
 TIME_LIMIT = 90.0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(make_daemon, tmp_path) -> None:
     with contextlib.ExitStack() as stack:
         imap = stack.enter_context(DovecotServer()) if dovecot_binary() else None
