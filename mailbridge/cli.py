@@ -190,6 +190,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(str(problem), file=sys.stderr)
         return 78
+    if settings.sender_auth == "authres" and not settings.trusted_authserv_id:
+        print("environment: MAILBRIDGE_TRUSTED_AUTHSERV_ID: required when "
+              "MAILBRIDGE_SENDER_AUTH=authres (whose Authentication-Results to trust)",
+              file=sys.stderr)
+        return 78
     for account in accounts:
         print(f"imap: {account.name}: {account.username}@{account.host}:{account.effective_port} "
               f"({account.security}), folder {account.folder} → {account.queue_address}")
@@ -201,6 +206,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"smtp: {settings.smtp_listen}  http: {settings.http_listen}")
     relay = settings.relay or f"none (outbound mail to {settings.outbound_maildir})"
     print(f"relay: {relay}")
+    print(f"sender authentication: {settings.sender_auth}"
+          + (f" (trusting {settings.trusted_authserv_id})" if settings.trusted_authserv_id else ""))
     return 0
 
 

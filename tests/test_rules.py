@@ -114,3 +114,16 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "3 support addresses, 2 tenants" in ok.stdout
+
+
+def test_check_config_refuses_authres_without_a_trusted_upstream(tmp_path: Path) -> None:
+    env = {"MAILBRIDGE_RULES": str(REPO / "rules.yaml"), "MAILBRIDGE_DATA_DIR": str(tmp_path),
+           "MAILBRIDGE_SENDER_AUTH": "authres", "PATH": "/usr/bin"}
+    result = subprocess.run([sys.executable, "-m", "mailbridge", "check-config"], env=env,
+                            capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 78
+    assert "MAILBRIDGE_TRUSTED_AUTHSERV_ID" in result.stderr
+    env["MAILBRIDGE_TRUSTED_AUTHSERV_ID"] = "mx.mesa.example"
+    ok = subprocess.run([sys.executable, "-m", "mailbridge", "check-config"], env=env,
+                        capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert ok.returncode == 0 and "sender authentication: authres (trusting mx.mesa.example)" in ok.stdout
