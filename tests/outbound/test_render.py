@@ -63,3 +63,21 @@ def test_case_subject_does_not_stack_tokens_or_prefixes() -> None:
     assert case_subject("Caso", 12, "RE: RV: [Caso 12] TEN-1001 Caída") == "[Caso 12] TEN-1001 Caída"
     assert case_subject("Caso", 3, "Consulta") == "[Caso 3] Consulta"
     assert case_subject("Caso", 77, "AW: [caso #77] algo") == "[Caso 77] algo"
+
+
+def test_text_only_fast_path_is_byte_for_byte_the_email_package(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import mailbridge.outbound.render as render_module
+
+    monkeypatch.setattr(render_module, "utcnow", lambda: __import__("datetime").datetime(
+        2026, 11, 28, 3, 0, tzinfo=__import__("datetime").UTC))
+    drafts = [
+        _draft(message_id="<m1@mesa.example>"),
+        _draft(message_id="<m2@mesa.example>", from_name="Soporte S.A. Ñandú",
+               cc=["luis@compensar.example", "o'brien@x.example"],
+               subject="[Caso 7] " + "Caída del servicio – muy largo " * 6,
+               references=[f"<r{k}@x.example>" for k in range(14)],
+               extra_headers={"X-Mailbridge-Case": "7  =?utf-8?q?x?="}),
+    ]
+    for draft in drafts:
+        body = render_module.template_env(None).get_template(draft.template).render(**draft.context)
+        assert render_module._render_text_only(draft, body) == render_module._render_mime(draft, body)
