@@ -137,6 +137,19 @@ def _parse_mail(raw: bytes) -> ParsedMail:
         raw = raw.split(b"\n", 1)[1]
     if b"\r" in raw and b"\n" not in raw:
         raw = raw.replace(b"\r", b"\n")
+    # Most mail is plain enough that mail-parser's walk adds nothing to the stdlib's
+    # (bench/README.md: it is a third of parse_mail's time, and keeps a base64 copy of
+    # every attachment); anything unusual still goes through it.
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    except Exception as exc:  # mail-parser and the fallback below would fail the same way
+        return _headers_only(raw, f"parse_mail: {exc!r}")
+    try:
+        plain = _parse_plain(message)
+    except Exception:  # e.g. nested past the stack: the full path below decides
+        plain = None
+    if plain is not None:
+        return plain
     try:
         parsed = mailparser.parse_from_bytes(raw)
         message = parsed.message
@@ -211,6 +224,168 @@ def _parse_mail(raw: bytes) -> ParsedMail:
         to=_addresses(to_pairs),
         cc=_addresses(cc_pairs),
         reply_to=_addresses(reply_pairs),
+        date=date if isinstance(date, datetime) else None,
+        text=text.replace("\r\n", "\n").replace("\r", "\n"),
+        html=html,
+        attachments=attachments,
+        defects=defects,
+    )
+
+
+# What the plain path reads itself; everything else (uuencode, binhex …) goes to mail-parser.
+_PLAIN_TRANSFER_ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
+_MIME_HEADERS = frozenset({"content-type", "content-disposition", "content-id",
+                           "content-transfer-encoding"})
+# mail-parser reads these for its diagnostics (all occurrences; the first one is used).
+_ADDRESS_HEADERS = ("bcc", "cc", "delivered-to", "from", "reply-to", "to")
+_ONE_OF_EACH = ("subject", "from", "to", "cc", "reply-to", "date", "message-id")
+
+
+def _ascii_compatible(charset: str) -> bool:
+    """Charsets in which ASCII bytes are ASCII text (not UTF-16, UTF-7 …)."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return False
+    return name in ("utf-8", "ascii", "latin-1", "cp1252", "cp1250", "cp1251") \
+        or name.startswith("iso8859-")
+
+
+def _decode_body(part: Message, cte: str) -> str | None:
+    """A body part's text as mail-parser decodes it; None where it would not be clean."""
+    charset = part.get_content_charset() or "utf-8"
+    if not _ascii_compatible(charset):
+        return None
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return None
+    try:
+        return payload.decode(charset)
+    except (UnicodeError, LookupError):
+        return None
+
+
+def _parse_plain(message: Message) -> ParsedMail | None:
+    """The mail as `_parse_mail` reads it through mail-parser, read with the stdlib alone.
+
+    None unless the mail is one where both readings are the same: no parsing defects,
+    one of each main header, no attached messages or attachment containers, MIME
+    headers in ASCII, bodies in a known ASCII-compatible charset that decodes cleanly,
+    and none of the header diagnostics mail-parser would report (its helpers decide
+    those, so header values are decoded exactly as it decodes them).
+    """
+    from mailparser.dates import date_diagnostics, parse_mail_date
+    from mailparser.utils import decode_header_part, get_addresses, receiveds_parsing
+
+    counts: dict[str, int] = {}
+    received: list[str] = []
+    date_value: str | None = None
+    for name, value in message.raw_items():
+        key = name.lower()
+        counts[key] = counts.get(key, 0) + 1
+        if key == "received":
+            received.append(value)
+        elif key == "date":
+            date_value = value
+        elif key == "resent-date":
+            return None
+    if any(counts.get(key, 0) > 1 for key in _ONE_OF_EACH):
+        return None
+    leaves: list[Message] = []
+    for part in message.walk():
+        if part.defects:
+            return None
+        ctype = part.get_content_type()
+        if ctype.startswith("message/"):
+            return None
+        for name, value in part.raw_items():
+            if name.lower() in _MIME_HEADERS and not value.isascii():
+                return None
+        if part.is_multipart():
+            if part.get_content_disposition() not in (None, "inline") or part.get_filename():
+                return None
+        elif ctype.startswith("multipart/"):
+            return None
+        else:
+            leaves.append(part)
+    if len(leaves) >= 1000:
+        return None
+    # Header diagnostics, as mail-parser makes them: any one sends the mail its way.
+    diagnostics: list[dict[str, object]] = []
+    addresses: dict[str, list[tuple[str, str]]] = {}
+    for key in _ADDRESS_HEADERS:
+        for value in message.get_all(key, []) if key in counts else []:
+            found = get_addresses(value, defects=diagnostics, decode_names=True)
+            addresses.setdefault(key, found)
+    date = None
+    if date_value is not None:
+        result = parse_mail_date(date_value)
+        date = result.value
+        diagnostics.extend(date_diagnostics(result, date_value, "date", 0))
+    receiveds_parsing(received, defects=diagnostics, date_defects=diagnostics)
+    if diagnostics:
+        return None
+    subject_value = message.get("subject")
+
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    for part in leaves:
+        ctype = part.get_content_type()
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if cte not in _PLAIN_TRANSFER_ENCODINGS:
+            return None
+        filename = part.get_filename()
+        if bool(filename) != bool(decode_header_part(filename)):
+            return None  # a name only one of the two readings sees
+        disposition = part.get_content_disposition()
+        subtype = part.get_content_subtype()
+        if ctype not in ("text/plain", "text/html"):
+            # mail-parser reads a part it does not take for an attachment as text
+            # (by subtype alone) and reports what does not decode.
+            if filename or disposition == "attachment" or subtype in "rtf" \
+                    or (part.get("content-id") and subtype not in ("html", "plain")):
+                continue
+            if subtype in ("html", "plain") or _decode_body(part, cte) is None:
+                return None
+            continue
+        if filename:
+            if disposition == "inline":
+                return None  # mail-parser reads it as body and as attachment
+            continue
+        if disposition == "attachment":
+            continue
+        body = _decode_body(part, cte)
+        if body is None:
+            return None
+        if body:
+            (html_parts if ctype == "text/html" else text_parts).append(body)
+
+    defects: list[str] = []
+    attachments = _attachments(message, defects)
+    if any(part.defects for part in leaves):
+        return None  # base64 that decoded with defects: mail-parser may recover more
+    from_pairs = [("" if name == addr else name, addr)
+                  for name, addr in addresses.get("from", []) if addr]
+    from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
+    html = "\n".join(html_parts) if html_parts else None
+    text = "\n".join(text_parts)
+    if not text.strip() and html:
+        from mailbridge.parse.html import html_to_text
+
+        text = html_to_text(html)
+    msgid = message_ids(str(message.get("Message-ID", "")))
+    in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
+    return ParsedMail(
+        message=message,
+        message_id=msgid[0] if msgid else None,
+        in_reply_to=in_reply_to[0] if in_reply_to else None,
+        references=message_ids(str(message.get("References", ""))),
+        subject=clean_header_text(decode_header_part(subject_value).strip()),
+        from_addr=(from_addr or "").strip().lower(),
+        from_name=clean_header_text(from_name),
+        to=_addresses([(n, a) for n, a in addresses.get("to", []) if a]),
+        cc=_addresses([(n, a) for n, a in addresses.get("cc", []) if a]),
+        reply_to=_addresses(getaddresses([str(v) for v in message.get_all("Reply-To", [])])),
         date=date if isinstance(date, datetime) else None,
         text=text.replace("\r\n", "\n").replace("\r", "\n"),
         html=html,
