@@ -302,6 +302,13 @@ def bounce_reason(message: Message, envelope_sender: str | None = None) -> str |
     subject_hit = bool(BOUNCE_SUBJECT_RE.search(subject)) and not prefixed
     if (named_daemon or null_sender) and (subject_hit or _header(message, "X-Failed-Recipients")):
         return "delivery report from MAILER-DAEMON/postmaster"
+    no_reply = not prefixed and bool(_NOREPLY_LOCAL_RE.match(parseaddr(sender)[1].split("@", 1)[0]))
+    if not (named_daemon or null_sender or subject_hit or no_reply):
+        # Every body rule below needs one of these signs: a person's mail (nearly all
+        # mail) is not read for DSN phrases, the costly part of classifying it.
+        if ctype == "multipart/report" and rtype != "disposition-notification":
+            return "multipart/report"
+        return None
     body = text_of(message, 20_000)
     strong = _strong_body_signs(body)
     if named_daemon and BOUNCE_BODY_RE.search(body):
@@ -312,12 +319,7 @@ def bounce_reason(message: Message, envelope_sender: str | None = None) -> str |
         return "DSN-like text from the null sender"
     if subject_hit and strong >= 2:
         return "delivery failure subject and text"
-    if (
-        not prefixed
-        and _NOREPLY_LOCAL_RE.match(parseaddr(sender)[1].split("@", 1)[0])
-        and has_attached_original(message)
-        and strong >= 2
-    ):
+    if no_reply and has_attached_original(message) and strong >= 2:
         return "delivery failure text from a no-reply sender, original attached"
     if ctype == "multipart/report" and rtype != "disposition-notification":
         return "multipart/report"
