@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import insert
 
 from mailbridge import metrics
 from mailbridge.parse.replies import normalise_subject
@@ -72,9 +75,9 @@ class Apply:
         ctx.session.flush()
         ctx.ticket = ticket
         record_message(ctx, ticket)
-        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="created", at=ctx.now, data={
+        _add_event(ctx, ticket.id, "created", {
             "priority": priority, "tenant_id": ctx.tenant_id, "inbound_id": ctx.inbound.id,
-        }))
+        })
         _record_secrets(ctx, ticket)
         level = ctx.rules.priorities[ticket.priority]  # type: ignore[index]
         queue_auto_reply(
@@ -95,8 +98,8 @@ class Apply:
         record_message(ctx, ticket)
         ticket.updated_at = ctx.now
         ticket.cc = _new_cc(ctx, ticket.cc)
-        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="look_alike_linked", at=ctx.now,
-                                    data={"sender": ctx.sender, "message_id": ctx.mail.message_id}))
+        _add_event(ctx, ticket.id, "look_alike_linked",
+                   {"sender": ctx.sender, "message_id": ctx.mail.message_id})
         queue_auto_reply(ctx, template="look_alike.txt.j2", kind="look_alike", ticket=ticket,
                          context={"subject": ctx.mail.subject})
         return Outcome("reply:look-alike", f"case {ticket.number}")
@@ -150,10 +153,15 @@ def _priority_severity(ctx: MailContext, priority: str) -> str:
     return level.severity if level is not None else "MEDIA"
 
 
+def _add_event(ctx: MailContext, ticket_id: int, kind: str, data: dict[str, Any]) -> None:
+    """One event row, inserted now: nothing in the transaction reads it back as an object."""
+    ctx.session.execute(insert(TicketEvent.__table__),
+                        [{"ticket_id": ticket_id, "kind": kind, "at": ctx.now, "data": data}])
+
+
 def _record_secrets(ctx: MailContext, ticket: Ticket) -> None:
     if ctx.secret_kinds:
-        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="secrets_redacted", at=ctx.now,
-                                    data={"kinds": ctx.secret_kinds}))
+        _add_event(ctx, ticket.id, "secrets_redacted", {"kinds": ctx.secret_kinds})
 
 
 def _new_cc(ctx: MailContext, current: list[str]) -> list[str]:
@@ -170,28 +178,30 @@ def _new_cc(ctx: MailContext, current: list[str]) -> list[str]:
     return out
 
 
-def record_message(ctx: MailContext, ticket: Ticket) -> TicketMessage:
-    message = TicketMessage(
-        ticket_id=ticket.id,
-        inbound_id=ctx.inbound.id,
-        direction="in",
-        author_role=ctx.sender_role,
-        message_id=ctx.mail.message_id[:998] if ctx.mail.message_id else None,
-        in_reply_to=ctx.mail.in_reply_to,
-        sender=ctx.sender[:320],
-        subject=ctx.mail.subject,
-        body=ctx.body,
-        created_at=ctx.now,
-    )
-    ctx.session.add(message)
-    ctx.session.flush()
-    _record_attachments(ctx, ticket, message)
-    return message
+def record_message(ctx: MailContext, ticket: Ticket) -> int:
+    """The mail as a message of the case, with its evidence; returns the message's id."""
+    ctx.session.flush()  # the case and what the stages changed go first, as before
+    messages = TicketMessage.__table__
+    message_pk = ctx.session.execute(insert(messages).returning(messages.c.id), {
+        "ticket_id": ticket.id,
+        "inbound_id": ctx.inbound.id,
+        "direction": "in",
+        "author_role": ctx.sender_role,
+        "message_id": ctx.mail.message_id[:998] if ctx.mail.message_id else None,
+        "in_reply_to": ctx.mail.in_reply_to,
+        "sender": ctx.sender[:320],
+        "subject": ctx.mail.subject,
+        "body": ctx.body,
+        "created_at": ctx.now,
+    }).scalar_one()
+    _record_attachments(ctx, ticket, message_pk)
+    return int(message_pk)
 
 
-def _record_attachments(ctx: MailContext, ticket: Ticket, message: TicketMessage) -> None:
+def _record_attachments(ctx: MailContext, ticket: Ticket, message_pk: int) -> None:
     """Evidence on disk by content hash; over the limit it is listed but not kept apart."""
     limit = ctx.settings.max_attachment_size
+    rows: list[dict[str, Any]] = []
     for item in ctx.mail.attachments:
         size = len(item.payload)
         stored = size <= limit
@@ -200,7 +210,10 @@ def _record_attachments(ctx: MailContext, ticket: Ticket, message: TicketMessage
             if stored
             else hashlib.sha256(item.payload).hexdigest()
         )
-        ctx.session.add(Attachment(
-            ticket_id=ticket.id, message_pk=message.id, filename=item.filename[:255],
-            content_type=item.content_type[:255], size=size, sha256=digest, stored=stored,
-        ))
+        rows.append({
+            "ticket_id": ticket.id, "message_pk": message_pk, "filename": item.filename[:255],
+            "content_type": item.content_type[:255], "size": size, "sha256": digest,
+            "stored": stored,
+        })
+    if rows:
+        ctx.session.execute(insert(Attachment.__table__), rows)

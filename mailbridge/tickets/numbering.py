@@ -21,11 +21,13 @@ _PREFIX_RE = re.compile(
 
 def next_case_number(session: Session) -> int:
     """Take the next number inside the caller's transaction (row lock on PostgreSQL)."""
+    # On the table, not the mapped class: no ORM session synchronisation to do.
+    counters = Counter.__table__.c
     stmt = (
-        update(Counter)
-        .where(Counter.name == CASE_COUNTER)
-        .values(value=Counter.value + 1)
-        .returning(Counter.value)
+        update(Counter.__table__)
+        .where(counters.name == CASE_COUNTER)
+        .values(value=counters.value + 1)
+        .returning(counters.value)
     )
     value = session.execute(stmt).scalar_one_or_none()
     if value is not None:
