@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import codecs
 import email
 import email.parser
@@ -10,6 +11,7 @@ import logging
 import mimetypes
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import decode_header, make_header
@@ -140,6 +142,14 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     # Most mail is plain enough that mail-parser's walk adds nothing to the stdlib's
     # (bench/README.md: it is a third of parse_mail's time, and keeps a base64 copy of
     # every attachment); anything unusual still goes through it.
+    plain = None
+    if len(raw) >= _CUT_MESSAGE_SIZE:
+        try:
+            plain = _parse_large(raw)
+        except Exception:  # the whole message, read as any other, decides
+            plain = None
+    if plain is not None:
+        return plain
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
     except Exception as exc:  # mail-parser and the fallback below would fail the same way
@@ -265,7 +275,148 @@ def _decode_body(part: Message, cte: str) -> str | None:
         return None
 
 
-def _parse_plain(message: Message) -> ParsedMail | None:
+# --- large messages: big base64 attachments are cut out before the stdlib parses the rest ---
+
+# `email` keeps a message as lines and joined copies: ~8x its size at the peak for
+# one 25 MB mail (bench/README.md). Bodies this big are decoded straight from the raw
+# bytes instead, into the one copy the evidence store needs.
+_CUT_MESSAGE_SIZE = 1024 * 1024
+_CUT_BODY_SIZE = 64 * 1024
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\r\n]")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _parse_large(raw: bytes) -> ParsedMail | None:
+    """`_parse_plain` for a big message, without parsing its big attachment bodies.
+
+    None when nothing was cut or the cut message is not plain: then it is read whole.
+    """
+    import binascii
+    import secrets
+
+    cuts: list[tuple[int, int]] = []
+    _find_big_bodies(raw, 0, len(raw), 0, cuts)
+    if not cuts:
+        return None
+    nonce = secrets.token_hex(8)
+    pieces: list[bytes] = []
+    markers: dict[str, tuple[int, int]] = {}
+    position = 0
+    for number, (start, end) in enumerate(cuts):
+        marker = f"mailbridge-cut-{number}-{nonce}"
+        markers[marker] = (start, end)
+        pieces += [raw[position:start], base64.b64encode(marker.encode("ascii")), b"\r\n"]
+        position = end
+    pieces.append(raw[position:])
+    message = email.message_from_bytes(b"".join(pieces), policy=email.policy.compat32)
+    decoded: dict[int, bytes] = {}
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload()
+        if not isinstance(payload, str) or "\n" in payload.strip():
+            continue
+        try:
+            marker = base64.b64decode(payload.strip(), validate=True).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        where = markers.pop(marker, None)
+        if where is None or str(part.get("Content-Transfer-Encoding", "")).strip().lower() \
+                != "base64":
+            return None
+        decoded[id(part)] = binascii.a2b_base64(memoryview(raw)[where[0]:where[1]])
+    if markers:
+        return None  # a cut that did not land as one whole part body: read it whole
+    return _parse_plain(message, decoded)
+
+
+def _find_big_bodies(raw: bytes, start: int, end: int, depth: int,
+                     out: list[tuple[int, int]]) -> None:
+    """(start, end) of the base64 attachment bodies in raw[start:end] worth cutting out.
+
+    Only bodies the stdlib would decode to exactly what `binascii` decodes (base64
+    alphabet, padding at the end, whole quanta) of parts that name a file or say
+    attachment; mail-parser reads neither as text.
+    """
+    if depth > 20:
+        return
+    if raw.startswith((b"\r\n", b"\n"), start, end):  # no headers at all: text/plain
+        return
+    found = _HEADER_END.search(raw, start, end)
+    if found is None:
+        return
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        raw[start:found.end()]
+    )
+    body_start = found.end()
+    ctype = headers.get_content_type()
+    if headers.get_content_maintype() == "multipart":
+        boundary = headers.get_boundary()
+        if not boundary or not boundary.isascii():
+            return
+        part_start: int | None = None
+        for line_end, after, closing in _delimiters(raw, b"--" + boundary.encode("ascii"),
+                                                    body_start, end):
+            if part_start is not None:
+                _find_big_bodies(raw, part_start, line_end, depth + 1, out)
+            if closing:
+                return
+            part_start = after
+        return
+    if ctype.startswith(("message/", "text/")) or end - body_start < _CUT_BODY_SIZE:
+        return
+    if str(headers.get("Content-Transfer-Encoding", "")).strip().lower() != "base64":
+        return
+    if not (headers.get_filename() or headers.get_content_disposition() == "attachment"):
+        return
+    body = memoryview(raw)[body_start:end]
+    if _NOT_BASE64.search(body):
+        return
+    first_pad = raw.find(b"=", body_start, end)
+    if first_pad != -1 and raw[first_pad:end].strip(b"=\r\n"):
+        return
+    symbols = (end - body_start) - raw.count(b"\r", body_start, end) \
+        - raw.count(b"\n", body_start, end)
+    if symbols % 4:
+        return
+    out.append((body_start, end))
+
+
+def _delimiters(raw: bytes, dash_boundary: bytes, start: int,
+                end: int) -> Iterator[tuple[int, int, bool]]:
+    """Delimiter lines of a multipart body, as the stdlib's parser finds them.
+
+    Yields (where the line break before it starts, where the next part starts, closing).
+    """
+    position = start
+    while True:
+        found = raw.find(dash_boundary, position, end)
+        if found == -1:
+            return
+        position = found + 1
+        if found > start and raw[found - 1] not in b"\r\n":
+            continue  # not at the start of a line
+        cursor = found + len(dash_boundary)
+        closing = raw.startswith(b"--", cursor, end)
+        cursor += 2 if closing else 0
+        while cursor < end and raw[cursor] in b" \t":
+            cursor += 1
+        if cursor < end and raw[cursor] not in b"\r\n":
+            continue  # a longer boundary that starts with this one
+        if raw.startswith(b"\r\n", cursor, end):
+            cursor += 2
+        elif cursor < end:
+            cursor += 1
+        before = found
+        if found > start and raw[found - 1] == 10 and found - 1 > start and raw[found - 2] == 13:
+            before = found - 2
+        elif found > start:
+            before = found - 1
+        yield before, cursor, closing
+        position = cursor
+
+
+def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> ParsedMail | None:
     """The mail as `_parse_mail` reads it through mail-parser, read with the stdlib alone.
 
     None unless the mail is one where both readings are the same: no parsing defects,
@@ -361,7 +512,7 @@ def _parse_plain(message: Message) -> ParsedMail | None:
             (html_parts if ctype == "text/html" else text_parts).append(body)
 
     defects: list[str] = []
-    attachments = _attachments(message, defects)
+    attachments = _attachments(message, defects, decoded)
     if any(part.defects for part in leaves):
         return None  # base64 that decoded with defects: mail-parser may recover more
     from_pairs = [("" if name == addr else name, addr)
@@ -528,7 +679,10 @@ def safe_filename(name: str | None, content_type: str = "application/octet-strea
     return name
 
 
-def _attachments(message: Message, defects: list[str]) -> list[ParsedAttachment]:
+def _attachments(
+    message: Message, defects: list[str], decoded: dict[int, bytes] | None = None
+) -> list[ParsedAttachment]:
+    """Evidence parts; `decoded` holds the payloads of parts cut out of a large message."""
     out: list[ParsedAttachment] = []
     try:
         leaves = _leaf_parts(message)
@@ -554,7 +708,9 @@ def _attachments(message: Message, defects: list[str]) -> list[ParsedAttachment]
                 filename = part.get_filename() or (fallback_name + ".eml" if fallback_name else "")
                 content_type = "message/rfc822"
             else:
-                payload = part.get_payload(decode=True)
+                payload = decoded.get(id(part)) if decoded else None
+                if payload is None:
+                    payload = part.get_payload(decode=True)
                 data = payload if isinstance(payload, bytes) else b""
                 filename = part.get_filename() or (content_id[0] if content_id else "")
             out.append(

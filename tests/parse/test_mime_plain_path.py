@@ -40,3 +40,40 @@ def test_most_fixture_openings_take_the_plain_path() -> None:
     ]
     assert "plain_utf8_8bit.eml" in plain and "gmail_multipart_alternative.eml" in plain
     assert "unknown_charset_x_unknown.eml" not in plain  # reported by mail-parser: its way
+
+
+def _big_mail(body_b64: bytes) -> bytes:
+    return (
+        b"From: Ana <ana@compensar.example>\r\nTo: soporte-a@mesa.example\r\n"
+        b"Subject: TEN-1001 video\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nExplicaci\xc3\xb3n: ver video\r\n"
+        b'--b1\r\nContent-Type: video/mp4; name="falla.mp4"\r\nContent-Transfer-Encoding: base64\r\n'
+        b'Content-Disposition: attachment; filename="falla.mp4"\r\n\r\n'
+        + body_b64 + b"\r\n--b1--\r\n"
+    )
+
+
+def test_large_attachment_is_decoded_from_the_raw_bytes_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import base64
+    import os
+
+    data = os.urandom(1_200_000)
+    raw = _big_mail(base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip())
+    assert mime._parse_large(raw) is not None  # cut, not parsed line by line
+    fast = mime.parse_mail(raw)
+    assert fast.attachments[0].payload == data and "Explicación" in fast.text
+    monkeypatch.setattr(mime, "_parse_large", lambda raw: None)
+    assert _seen(fast) == _seen(mime.parse_mail(raw))
+
+
+def test_large_body_that_is_not_clean_base64_is_read_whole() -> None:
+    import base64
+    import os
+
+    encoded = base64.encodebytes(os.urandom(1_200_000)).replace(b"\n", b"\r\n").rstrip()
+    broken = encoded[:5000] + b"=\r\n" + encoded[5000:]  # padding in the middle
+    assert mime._parse_large(_big_mail(broken)) is None
+    assert mime._parse_large(_big_mail(encoded[:-1])) is None  # not whole quanta
