@@ -117,13 +117,20 @@ def decoded_header(message: Message, name: str) -> str:
         value = message.get(name, "")
         if value is None:
             return ""
-        try:
-            text = str(make_header(decode_header(str(value))))
-        except Exception:  # undecodable words: keep them as they are
-            text = str(value)
-        return re.sub(r"\s+", " ", text).strip()
+        text = str(value)
+        # Classification reads ~30 headers per mail; most hold no encoded word, and
+        # decoding those would give them back unchanged.
+        if "=?" in text:
+            try:
+                text = str(make_header(decode_header(text)))
+            except Exception:  # undecodable words: keep them as they are
+                text = str(value)
+        return _WHITESPACE_RE.sub(" ", text).strip()
     except Exception:
         return ""
+
+
+_WHITESPACE_RE = re.compile(r"\s+")
 
 
 _header = decoded_header
