@@ -17,8 +17,10 @@ from datetime import datetime
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
+from typing import TYPE_CHECKING
 
-import mailparser
+if TYPE_CHECKING:
+    import mailparser
 
 log = logging.getLogger(__name__)
 # mail-parser logs every unhandled content type at WARNING; it is noise here.
@@ -161,6 +163,8 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     if plain is not None:
         return plain
     try:
+        import mailparser  # the unusual mail only: not loaded by an idle daemon
+
         parsed = mailparser.parse_from_bytes(raw)
         message = parsed.message
     except Exception as exc:  # mail-parser gives up on some broken input
