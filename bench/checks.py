@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from typing import Any
 
 from harness import (
+    DB_ERRORS,
     DaemonProcess,
     db_time_to_mono,
     percentiles,
@@ -74,7 +74,7 @@ def last_processed(daemon: DaemonProcess, tracker: Tracker) -> float | None:
                     t = db_time_to_mono(processed_at)
                     if t is not None and (latest is None or t > latest):
                         latest = t
-    except sqlite3.Error:
+    except DB_ERRORS:
         return None
     return latest
 
@@ -119,7 +119,7 @@ def correctness(daemon: DaemonProcess, tracker: Tracker) -> dict[str, Any]:
             ).fetchall())
             out["outbox_states"] = dict(conn.execute(
                 "SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         out["db_error"] = repr(exc)
 
     listed = daemon.cli("tickets", "list", "--json", "--limit", "100000")

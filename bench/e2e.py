@@ -17,6 +17,10 @@ Phases, each on fresh processes and a fresh temporary data dir:
     only when `mailbridge run` starts IMAP pollers; skipped with the reason otherwise.
 Optionally (--profile) py-spy samples the daemon during the burst.
 
+With --postgres, phases 2-5 give way to workers (bench/workers.py): a private
+PostgreSQL, then the same burst against 1 and --workers N `mailbridge run` processes
+sharing one database (clients spread over their SMTP ports), in the same run.
+
 Prints a table and a JSON document, saved as bench/results/e2e-<time>.json.
 """
 
@@ -534,6 +538,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where temporary data dirs go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dirs")
     parser.add_argument("--label", default="", help="free text saved with the results")
+    parser.add_argument("--postgres", action="store_true",
+                        help="workers on one PostgreSQL database instead of the SQLite "
+                             "phases: the burst against 1 and --workers daemons")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="with --postgres: the most workers to run (1 and this)")
+    parser.add_argument("--worker-rounds", type=int, default=1,
+                        help="with --postgres: alternate 1 and N workers this many times "
+                             "(the best of each is compared)")
+    parser.add_argument("--pg-fast", action="store_true",
+                        help="with --postgres: keep the test server's fsync=off and "
+                             "synchronous_commit=off (default: durable commits)")
     args = parser.parse_args(argv)
     if args.quick:
         args.mails = 200 if args.mails == 2000 else args.mails
@@ -575,6 +590,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, started: datetime, t0
         load_before = loadavg()
         report["reference"] = reference_phase(args, corpus, openings, reply_plan)
         report["reference"]["loadavg_before_after"] = [load_before, loadavg()]
+    if args.postgres:
+        return _workers_report(args, report, corpus, openings, reply_plan, total, t0)
     load_before = loadavg()
     try:
         report["mailbridge"] = mailbridge_phase(args, corpus, openings, reply_plan, total)
@@ -605,6 +622,88 @@ def _run(args: argparse.Namespace, argv: list[str] | None, started: datetime, t0
         sys.stdout.write("\n" + render_profile(mb["profile"], 15) + "\n")
     sys.stdout.write(f"\nsaved {path.relative_to(REPO)} ({report['seconds']}s)\n")
     return 0
+
+
+def _workers_report(args: argparse.Namespace, report: dict[str, Any], corpus: Corpus,
+                    openings: list[Mail], reply_plan: dict[int, int], total: int,
+                    t0: float) -> int:
+    from workers import workers_phase
+
+    load_before = loadavg()
+    try:
+        report["workers"] = workers_phase(
+            counts=sorted({1, max(1, args.workers)}), rounds=max(1, args.worker_rounds),
+            durable=not args.pg_fast, tree=args.tree_path, corpus=corpus, openings=openings,
+            reply_plan=reply_plan, total=total, clients=args.clients, rules=args.rules_path,
+            daemon_env=_daemon_env(args), settle=args.settle, timeout=args.timeout,
+            drain_timeout=args.drain_timeout, stall=args.stall, base=args.workdir,
+            keep=args.keep)
+    except RuntimeError as exc:
+        log(f"workers: failed: {exc}")
+        report["workers"] = {"error": str(exc)[-2000:]}
+    report["workers"]["loadavg_before_after"] = [load_before, loadavg()]
+    ref_rate = report.get("reference", {}).get("rate")
+    for item in report["workers"].get("runs", []):
+        if ref_rate and item.get("e2e_rate") is not None:
+            item["ratios"] = {"intake": round(item["intake_rate"] / ref_rate, 3),
+                              "e2e": round(item["e2e_rate"] / ref_rate, 3)}
+    report["seconds"] = round(mono_now() - t0, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = datetime.fromisoformat(report["started"])
+    path = RESULTS / f"e2e-{started:%Y%m%dT%H%M%S}-workers.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n\n"
+                     + workers_table(report) + "\n")
+    sys.stdout.write(f"\nsaved {path.relative_to(REPO)} ({report['seconds']}s)\n")
+    return 0
+
+
+def workers_table(report: dict[str, Any]) -> str:
+    ref = report.get("reference", {})
+    work = report.get("workers", {})
+    if "error" in work:
+        return f"workers: FAILED: {work['error'].strip().splitlines()[-1][:200]}"
+    rows = [("", "reference", *[f"{r['workers']} worker(s)" for r in work.get("runs", [])])]
+
+    def row(name: str, ref_value: str, pick: Any) -> None:
+        values = []
+        for item in work.get("runs", []):
+            try:
+                values.append(pick(item))
+            except (KeyError, TypeError, IndexError):
+                values.append("-")
+        rows.append((name, ref_value, *values))
+
+    rate = ref.get("rate")
+    row("intake msgs/s (x reference)", f"{rate}",
+        lambda r: f"{r['intake_rate']} ({r.get('ratios', {}).get('intake', '-')}x)")
+    row("end to end msgs/s (x reference)", "",
+        lambda r: f"{r['e2e_rate']} ({r.get('ratios', {}).get('e2e', '-')}x)")
+    row("250 -> ack p50 / p99", "",
+        lambda r: f"{_ms(r['ack_after_250']['p50'])} / {_ms(r['ack_after_250']['p99'])}")
+    row("SMTP transaction p50 / p99", _ms(ref.get("smtp_transaction", {}).get("p99")),
+        lambda r: f"{_ms(r['smtp_transaction']['p50'])} / {_ms(r['smtp_transaction']['p99'])}")
+    row("CPU ms per mail: daemons + PostgreSQL", "",
+        lambda r: f"{r['daemon_cpu_ms_per_mail']} + {r['postgres_cpu_ms_per_mail']}")
+    row("CPU per daemon (s); cores busy", "",
+        lambda r: f"{r['daemon_cpu_seconds']}; {r['cpu_cores_busy']}")
+    row("max unprocessed / unsent", "",
+        lambda r: f"{r['queues']['max_inbound_new']} / {r['queues']['max_outbox_pending']}")
+    row("250'd / tickets / acked openings", "",
+        lambda r: f"{r['correctness']['sent_250']} / {r['correctness']['tickets_db']} / "
+                  f"{r['correctness']['acked_openings']}")
+    row("threaded replies", "", lambda r: f"{r['correctness']['threaded_replies']} of "
+                                          f"{r['correctness']['replies_250']}")
+    row("duplicates / losses", "", lambda r: f"{r['correctness']['duplicates']} / "
+                                             f"{r['correctness']['lost']}")
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    text = "\n".join("  ".join(f"{c!s:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+    speed = work.get("speedup_e2e")
+    if speed:
+        text += (f"\nend to end, N workers / 1 worker: {speed}; intake: "
+                 f"{work.get('speedup_intake')}  (PostgreSQL: {work.get('postgres')})")
+    return text
 
 
 def _git_head() -> str:

@@ -34,11 +34,11 @@ def wall_to_mono(wall: float) -> float:
     return wall - (time.time() - time.monotonic())
 
 
-def db_time_to_mono(value: str | None) -> float | None:
-    """SQLite text timestamps written by mailbridge (UTC, naive or aware)."""
+def db_time_to_mono(value: str | datetime | None) -> float | None:
+    """Timestamps written by mailbridge (SQLite text or PostgreSQL datetimes; UTC)."""
     if not value:
         return None
-    dt = datetime.fromisoformat(value)
+    dt = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return wall_to_mono(dt.timestamp())
@@ -209,13 +209,30 @@ def bench_rules(tree: Path, workdir: Path, overrides: dict[str, Any]) -> tuple[P
     return original, f"rules.yaml unchanged: check-config refused the bench overrides: {why}"
 
 
+def _db_errors() -> tuple[type[Exception], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+# What reading the daemon's database may raise (SQLite file or PostgreSQL).
+DB_ERRORS = _db_errors()
+
+
 class DaemonProcess:
-    """A fresh `mailbridge run`: own data dir, `db upgrade` first, relay = our sink."""
+    """A fresh `mailbridge run`: own data dir, `db upgrade` first, relay = our sink.
+
+    `database_url` (PostgreSQL) puts its database elsewhere than the data dir's SQLite
+    file; several daemons given the same URL are workers sharing the work.
+    """
 
     def __init__(self, data_dir: Path, relay_port: int | None, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None, tree: Path = REPO,
-                 rules: Path | None = None) -> None:
+                 rules: Path | None = None, database_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url
         base = {k: v for k, v in os.environ.items() if not k.startswith("MAILBRIDGE_")}
         if tree != REPO:
             base["PYTHONPATH"] = str(tree)
@@ -226,6 +243,7 @@ class DaemonProcess:
             "MAILBRIDGE_SMTP_LISTEN": "127.0.0.1:0",
             "MAILBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
             **({"MAILBRIDGE_RELAY": f"127.0.0.1:{relay_port}"} if relay_port else {}),
+            **({"MAILBRIDGE_DATABASE_URL": database_url} if database_url else {}),
             **(env or {}),
         }
         self.wrapper = wrapper or []
@@ -334,7 +352,12 @@ class DaemonProcess:
             out[int(tid)] = (int(parts[11]) + int(parts[12])) / ticks
         return out
 
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> Any:
+        """A DB-API connection to the daemon's database (`with daemon.db() as conn`)."""
+        if self.database_url:
+            import psycopg
+
+            return psycopg.connect(self.database_url, autocommit=True, connect_timeout=30)
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
@@ -420,7 +443,7 @@ def queue_depths(daemon: DaemonProcess) -> dict[str, int]:
             pending = conn.execute(
                 "SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
         return {"inbound_new": int(new), "outbox_pending": int(pending)}
-    except sqlite3.Error:
+    except DB_ERRORS:
         return {"inbound_new": -1, "outbox_pending": -1}
 
 

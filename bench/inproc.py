@@ -32,10 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--tree", default=str(REPO), help="a mailbridge source tree")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the best is reported")
+    parser.add_argument("--postgres", action="store_true",
+                        help="on a private PostgreSQL (durable commits) instead of SQLite")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(args.tree).resolve()))
     sys.path.insert(1, str(REPO / "bench"))
-    results = [run(args) for _ in range(args.repeat)]
+    args.server = None
+    if args.postgres:
+        from workers import start_postgres
+
+        args.server = start_postgres(Path(args.tree).resolve(), durable=True)
+    try:
+        results = [run(args) for _ in range(args.repeat)]
+    finally:
+        if args.server is not None:
+            args.server.stop()
     best = min(results, key=lambda r: r["pipeline_cpu_ms_per_mail"])
     sys.stdout.write(json.dumps(best, indent=2) + "\n")
     return 0
@@ -60,8 +71,11 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
         data = yaml.safe_load((Path(args.tree) / "rules.yaml").read_text(encoding="utf-8"))
         data["desk"].update(auto_reply_limit_per_hour=1_000_000, ack_limit_per_hour=1_000_000)
         rules = parse_rules(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
-        url = f"sqlite:///{workdir / 'mailbridge.db'}"
-        upgrade(url)
+        if args.server is not None:
+            url = args.server.create_database()
+        else:
+            url = f"sqlite:///{workdir / 'mailbridge.db'}"
+            upgrade(url)
         settings = Settings(data_dir=workdir, database_url=url)
         db = Database(url)
         corpus = Corpus(args.seed, domain_tag=f"inproc{int(time.time())}")

@@ -226,13 +226,18 @@ class Tracker:
             return sum(1 for s in self.sent.values() if s.ok and s.mail.kind == "opening")
 
 
-def run_burst(tracker: Tracker, port: int, clients: int, timeout: float) -> tuple[float, float]:
-    """K closed-loop clients until the plan is done; returns (first send, last 250) instants."""
+def run_burst(tracker: Tracker, port: int | list[int], clients: int,
+              timeout: float) -> tuple[float, float]:
+    """K closed-loop clients until the plan is done; returns (first send, last 250) instants.
+
+    With several ports (workers), client k talks to port k mod len(ports).
+    """
     deadline = mono_now() + timeout
     start = mono_now()
+    ports = port if isinstance(port, list) else [port]
 
-    def client_loop() -> None:
-        conn = SmtpConn("127.0.0.1", port)
+    def client_loop(k: int) -> None:
+        conn = SmtpConn("127.0.0.1", ports[k % len(ports)])
         try:
             while mono_now() < deadline:
                 job = tracker.take()
@@ -244,7 +249,7 @@ def run_burst(tracker: Tracker, port: int, clients: int, timeout: float) -> tupl
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=client_loop, name=f"client-{k}", daemon=True)
+    threads = [threading.Thread(target=client_loop, args=(k,), name=f"client-{k}", daemon=True)
                for k in range(clients)]
     for thread in threads:
         thread.start()
