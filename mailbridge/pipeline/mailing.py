@@ -6,8 +6,9 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select
 
+from mailbridge.db import UTCDateTime
 from mailbridge.outbound.outbox import insert_outbox_mail
 from mailbridge.outbound.render import Draft
 from mailbridge.pipeline.context import MailContext
@@ -22,29 +23,41 @@ def case_reply_to(from_address: str, number: int) -> str:
     return f"{local}+{number}@{domain}"
 
 
-def auto_reply_allowed(ctx: MailContext, address: str, kind: str) -> bool:
-    """RFC 3834 rate limit per address, and never to an address that hard-bounced."""
-    since = ctx.now - timedelta(hours=1)
-    desk = ctx.rules.desk
-    is_ack = kind == "ack"
+def _rate_limit_check(ack: bool) -> Select[Any]:
+    """(hard-bounced?, automatic mails of this kind in the window, counted up to the limit).
+
+    One Core statement for both questions, built once: the ORM's per-query work and
+    building the statement were most of the cost. Counting at most `limit` rows keeps
+    the check cheap during a mail storm.
+    """
     replies = AutoReply.__table__.c
-    same_kind = replies.kind == "ack" if is_ack else replies.kind != "ack"
-    limit = desk.ack_limit_per_hour if is_ack else desk.auto_reply_limit_per_hour
-    # Count at most `limit` rows: the check stays cheap during a mail storm.
+    statuses = AddressStatus.__table__.c
+    address = bindparam("address")
     recent = (
         select(replies.id)
-        .where(replies.address == address, replies.at >= since, same_kind)
-        .limit(limit)
+        .where(replies.address == address, replies.at >= bindparam("since", type_=UTCDateTime),
+               replies.kind == "ack" if ack else replies.kind != "ack")
+        .limit(bindparam("limit"))
         .subquery()
     )
-    statuses = AddressStatus.__table__.c
-    # One Core statement for both questions: the ORM's per-query work was most of the cost.
-    both = select(
+    return select(
         select(statuses.hard).where(statuses.address == address).scalar_subquery(),
         select(func.count()).select_from(recent).scalar_subquery(),
     )
+
+
+_RATE_LIMIT_CHECK = {True: _rate_limit_check(True), False: _rate_limit_check(False)}
+
+
+def auto_reply_allowed(ctx: MailContext, address: str, kind: str) -> bool:
+    """RFC 3834 rate limit per address, and never to an address that hard-bounced."""
+    desk = ctx.rules.desk
+    is_ack = kind == "ack"
+    limit = desk.ack_limit_per_hour if is_ack else desk.auto_reply_limit_per_hour
     ctx.session.flush()  # what this transaction wrote counts (autoflush did it before)
-    hard, sent = ctx.session.execute(both).one()
+    hard, sent = ctx.session.execute(_RATE_LIMIT_CHECK[is_ack], {
+        "address": address, "since": ctx.now - timedelta(hours=1), "limit": limit,
+    }).one()
     if hard:
         log.info("no automatic mail to a hard-bounced address", extra={"rcpt": address})
         return False
