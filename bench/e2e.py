@@ -685,8 +685,9 @@ def workers_table(report: dict[str, Any]) -> str:
         lambda r: f"{_ms(r['smtp_transaction']['p50'])} / {_ms(r['smtp_transaction']['p99'])}")
     row("CPU ms per mail: daemons + PostgreSQL", "",
         lambda r: f"{r['daemon_cpu_ms_per_mail']} + {r['postgres_cpu_ms_per_mail']}")
-    row("CPU per daemon (s); cores busy", "",
-        lambda r: f"{r['daemon_cpu_seconds']}; {r['cpu_cores_busy']}")
+    row("CPU s: per daemon; load harness; cores busy", "",
+        lambda r: f"{r['daemon_cpu_seconds']}; {r.get('harness_cpu_seconds', '-')}; "
+                  f"{r['cpu_cores_busy']}")
     row("max unprocessed / unsent", "",
         lambda r: f"{r['queues']['max_inbound_new']} / {r['queues']['max_outbox_pending']}")
     row("250'd / tickets / acked openings", "",
