@@ -110,6 +110,7 @@ class Pipeline:
             if pending is None or pending.state != STATE_NEW:
                 return None
             raw = pending.raw
+            del pending  # the row object would keep a second reference to the raw bytes
         try:
             mail = parse_mail(raw)
             parse_error: Exception | None = None
