@@ -52,6 +52,17 @@ def _rules(settings: Settings):  # type: ignore[no-untyped-def]
         raise SystemExit(78) from None
 
 
+def _read_mail(source: str) -> bytes:
+    """The raw mail from a file or `-` (stdin), or exit 66 (EX_NOINPUT) saying why."""
+    from mailbridge.intake.pipe import EX_NOINPUT, read_input
+
+    try:
+        return read_input(source)
+    except OSError as exc:
+        print(f"error: cannot read {source}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EX_NOINPUT) from None
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, ensure_ascii=False, indent=2, default=str)
     sys.stdout.write("\n")
@@ -85,15 +96,11 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from mailbridge.intake.pipe import EX_NOINPUT, EX_OK, EX_TEMPFAIL, ingest_bytes, read_input
+    from mailbridge.intake.pipe import EX_OK, EX_TEMPFAIL, ingest_bytes
     from mailbridge.rules import RulesError, load_rules
 
     settings = _settings()
-    try:
-        raw = read_input(args.file)
-    except OSError as exc:
-        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EX_NOINPUT
+    raw = _read_mail(args.file)
     db = _db(settings, behind_exit=EX_TEMPFAIL)  # the MTA keeps the mail and retries
     code, inbound_id, reason = ingest_bytes(
         db,
@@ -213,14 +220,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_parse(args: argparse.Namespace) -> int:
     from mailbridge.inspect import describe_mail
-    from mailbridge.intake.pipe import EX_NOINPUT, read_input
 
     settings = _settings()
-    try:
-        raw = read_input(args.file)
-    except OSError as exc:
-        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EX_NOINPUT
+    raw = _read_mail(args.file)
     rules = _rules(settings)
     report = describe_mail(raw, rules)
     if args.json:
