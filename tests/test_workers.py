@@ -42,7 +42,15 @@ def test_two_daemons_one_killed_every_mail_one_case_one_ack(make_daemon, sink) -
     assert tickets == len(accepted)
     by_parent = collections.Counter(r.message["In-Reply-To"] for r in sink.received)
     assert set(by_parent) == set(accepted)
-    assert [mid for mid, n in by_parent.items() if n > 1] == []
+    # SMTP cannot make the relay's 250 and our commit one act: a SIGKILL landing in the
+    # few milliseconds between them resends that one ack (docs/reliability.md). It then
+    # carries the same Message-ID, so mail clients show it once; more than the one
+    # in-flight mail of the killed worker would be a bug.
+    twice = [mid for mid, n in by_parent.items() if n > 1]
+    assert len(twice) <= 1, twice
+    for parent in twice:
+        ids = {r.message["Message-ID"] for r in sink.received if r.message["In-Reply-To"] == parent}
+        assert len(ids) == 1, f"a resend must keep its Message-ID: {ids}"
     numbers = [r[0] for r in second.query("SELECT number FROM tickets ORDER BY number")]
     assert numbers == list(range(1, len(accepted) + 1))  # no number given twice or skipped
     assert second.stop() == 0
