@@ -91,13 +91,10 @@ class IntakeHandler:
         rules: Callable[[], Rules],
         settings: Settings,
         store: Callable[[InboundMail], Any],
-        *,
-        lmtp: bool = False,
     ) -> None:
         self.rules = rules
         self.settings = settings
         self.store = store
-        self.lmtp = lmtp
         self.in_flight = 0
 
     async def handle_RCPT(
@@ -135,16 +132,16 @@ class IntakeHandler:
         self.in_flight += 1
         try:
             inbound_id = await self.store(mail)
-        except StorageError as exc:
+        except Exception as exc:
+            # Whatever went wrong, nothing was acknowledged: a 4xx makes the sender's MTA
+            # keep the mail and retry (a 5xx, aiosmtpd's default, would bounce it).
             metrics.RECEIVED.labels(channel="smtp", outcome="tempfail").inc()
-            log.error("could not store mail; answered 451", extra={"error": str(exc)[:300]})
+            log.error("could not store mail; answered 451",
+                      extra={"error": repr(exc)[:300], "storage": isinstance(exc, StorageError)})
             return "451 4.3.0 Mail not stored: local storage problem, please retry later"
         finally:
             self.in_flight -= 1
         metrics.RECEIVED.labels(channel="smtp", outcome="stored").inc()
-        if self.lmtp:
-            # LMTP answers once per recipient.
-            return "\r\n".join(f"250 2.0.0 OK queued as {inbound_id}" for _ in envelope.rcpt_tos)
         return f"250 2.0.0 OK queued as {inbound_id}"
 
 
