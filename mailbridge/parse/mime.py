@@ -17,7 +17,7 @@ from datetime import datetime
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import mailparser
@@ -76,6 +76,17 @@ def message_ids(value: str | None) -> list[str]:
     return _MSGID_RE.findall(value or "")
 
 
+def thread_headers(message: Message) -> dict[str, Any]:
+    """ParsedMail's threading fields: Message-ID, In-Reply-To (first id) and References."""
+    msgid = message_ids(str(message.get("Message-ID", "")))
+    in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
+    return {
+        "message_id": msgid[0] if msgid else None,
+        "in_reply_to": in_reply_to[0] if in_reply_to else None,
+        "references": message_ids(str(message.get("References", ""))),
+    }
+
+
 def _addresses(values: list[tuple[str, str]] | None) -> list[str]:
     out: list[str] = []
     for _name, addr in values or []:
@@ -112,13 +123,9 @@ def _headers_only(raw: bytes, defect: str) -> ParsedMail:
         from_name, from_addr = parseaddr(_decoded_header(message.get("From")))
     except Exception:
         from_name, from_addr = "", ""
-    msgid = message_ids(str(message.get("Message-ID", "")))
-    in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
     return ParsedMail(
         message=message,
-        message_id=msgid[0] if msgid else None,
-        in_reply_to=in_reply_to[0] if in_reply_to else None,
-        references=message_ids(str(message.get("References", ""))),
+        **thread_headers(message),
         subject=clean_header_text(_decoded_header(message.get("Subject"))),
         from_addr=(from_addr or "").strip().lower(),
         from_name=clean_header_text(from_name),
@@ -225,13 +232,9 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     attachments = _attachments(message, defects)
     if parsed is not None:
         attachments.extend(_recovered_attachments(parsed, attachments, defects))
-    msgid = message_ids(str(message.get("Message-ID", "")))
-    in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
     return ParsedMail(
         message=message,
-        message_id=msgid[0] if msgid else None,
-        in_reply_to=in_reply_to[0] if in_reply_to else None,
-        references=message_ids(str(message.get("References", ""))),
+        **thread_headers(message),
         subject=subject,
         from_addr=(from_addr or "").strip().lower(),
         from_name=clean_header_text(from_name),
@@ -528,13 +531,9 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
         from mailbridge.parse.html import html_to_text
 
         text = html_to_text(html)
-    msgid = message_ids(str(message.get("Message-ID", "")))
-    in_reply_to = message_ids(str(message.get("In-Reply-To", "")))
     return ParsedMail(
         message=message,
-        message_id=msgid[0] if msgid else None,
-        in_reply_to=in_reply_to[0] if in_reply_to else None,
-        references=message_ids(str(message.get("References", ""))),
+        **thread_headers(message),
         subject=clean_header_text(decode_header_part(subject_value).strip()),
         from_addr=(from_addr or "").strip().lower(),
         from_name=clean_header_text(from_name),
