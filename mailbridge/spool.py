@@ -104,6 +104,18 @@ def next_pending_ids(session: Session, limit: int = 50) -> list[int]:
     return list(session.scalars(stmt))
 
 
+def pending_raw(session: Session, inbound_id: int) -> bytes | None:
+    """The stored message of a mail still waiting (state `new`), else None.
+
+    Read alone, so no row object keeps a second reference to a big message.
+    """
+    stmt = select(InboundMail.raw).where(
+        InboundMail.id == inbound_id, InboundMail.state == STATE_NEW
+    )
+    raw = session.scalar(stmt)
+    return bytes(raw) if raw is not None and not isinstance(raw, bytes) else raw
+
+
 def claim(session: Session, inbound_id: int) -> InboundMail | None:
     """Lock one new row for this transaction (SKIP LOCKED where the backend has it)."""
     stmt = select(InboundMail).where(

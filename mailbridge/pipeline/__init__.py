@@ -24,10 +24,9 @@ from mailbridge.rules import Rules
 from mailbridge.settings import Settings
 from mailbridge.spool import (
     STATE_DONE,
-    STATE_NEW,
-    InboundMail,
     claim,
     next_pending_ids,
+    pending_raw,
     quarantine,
 )
 from mailbridge.workers import BackgroundLoop
@@ -106,11 +105,9 @@ class Pipeline:
         # Parse outside the write transaction: on SQLite the write lock is the
         # whole database, and intake is waiting for it.
         with self.db.reader() as session:
-            pending = session.get(InboundMail, inbound_id)
-            if pending is None or pending.state != STATE_NEW:
-                return None
-            raw = pending.raw
-            del pending  # the row object would keep a second reference to the raw bytes
+            raw = pending_raw(session, inbound_id)
+        if raw is None:
+            return None
         try:
             mail = parse_mail(raw)
             parse_error: Exception | None = None
