@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,6 +118,68 @@ def _no_nul_in_text(
     return statement, parameters
 
 
+class WriteLock:
+    """The SQLite write lock, taken before SQLite's own: a thread lock, then a file lock.
+
+    SQLite's busy handler polls with sleeps of up to 100 ms, which under load
+    starves whoever is unlucky (measured in bench/). Writers of one process
+    queue on the thread lock; writers in other processes (pipeline processes,
+    the CLI beside a running daemon) queue on `flock`, which the kernel hands
+    over at once. Re-entrant within a thread, like the RLock it wraps.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._thread_lock = threading.RLock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._depth = 0
+
+    def _file(self) -> int | None:
+        if self._path is None:
+            return None
+        if self._fd is None or self._pid != os.getpid():
+            # A forked child must not share the parent's open file description:
+            # flock would then treat both as one holder.
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._depth == 0:
+            try:
+                fd = self._file()
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+        self._depth += 1
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._fd is not None and self._depth == 0:
+                if self._pid == os.getpid():
+                    os.close(self._fd)
+                self._fd = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+def _sqlite_lock_path(url: str) -> Path | None:
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).with_name(Path(database).name + ".writelock")
+
+
 class Database:
     """Owns the engine and hands out sessions and transactions."""
 
@@ -124,8 +188,8 @@ class Database:
 
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._writer_lock: threading.RLock | contextlib.nullcontext[None] = (
-            threading.RLock() if self.is_sqlite else contextlib.nullcontext()
+        self._writer_lock: WriteLock | contextlib.nullcontext[None] = (
+            WriteLock(_sqlite_lock_path(url)) if self.is_sqlite else contextlib.nullcontext()
         )
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -138,9 +202,8 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """One unit of work: commits on success, rolls back on any error.
 
-        On SQLite the writers of this process queue on a lock that wakes the next
-        one at once; SQLite's own busy handler polls with sleeps of up to 100 ms,
-        which under load starves whoever is unlucky (measured in bench/).
+        On SQLite the writers queue on `WriteLock` (this process's threads and
+        other processes alike), which wakes the next one at once.
         """
         with self._writer_lock, self.sessions() as session, session.begin():
             yield session
@@ -152,6 +215,8 @@ class Database:
             yield session
 
     def dispose(self) -> None:
+        if isinstance(self._writer_lock, WriteLock):
+            self._writer_lock.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mailbridge.parse.template import FieldSpec
 from mailbridge.sla.clocks import PlanSLA
 from mailbridge.sla.config import ClosingConfig, EscalationConfig
+
+log = logging.getLogger(__name__)
 
 Priority = Literal["A", "B", "C"]
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -560,3 +563,24 @@ def load_rules(path: Path) -> Rules:
         problem = ConfigProblem(str(path), None, "(file)", exc.strerror or str(exc))
         raise RulesError([problem]) from exc
     return parse_rules(text, source=str(path))
+
+
+class RulesHolder:
+    """The rules in force; replaced whole on SIGHUP when the new file is valid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current: Rules = load_rules(path)
+
+    def __call__(self) -> Rules:
+        return self.current
+
+    def reload(self) -> bool:
+        try:
+            self.current = load_rules(self.path)
+        except RulesError as exc:
+            for problem in exc.problems:
+                log.error("rules reload refused; old rules stay", extra={"problem": str(problem)})
+            return False
+        log.info("rules reloaded", extra={"path": str(self.path)})
+        return True

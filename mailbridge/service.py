@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -19,7 +18,8 @@ from mailbridge.intake.imap_config import load_imap_accounts
 from mailbridge.intake.smtp import IntakeHandler, SpoolWriter, smtp_factory
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.pipeline import Pipeline, PipelineWorker
-from mailbridge.rules import Rules, RulesError, load_rules
+from mailbridge.pipeline.processes import PipelineProcesses
+from mailbridge.rules import RulesHolder
 from mailbridge.schema import pending_revision
 from mailbridge.settings import Settings
 from mailbridge.sla.jobs import SlaScheduler
@@ -31,27 +31,6 @@ log = logging.getLogger(__name__)
 
 class SchemaOutdated(Exception):
     pass
-
-
-class RulesHolder:
-    """The rules in force; replaced whole on SIGHUP when the new file is valid."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.current: Rules = load_rules(path)
-
-    def __call__(self) -> Rules:
-        return self.current
-
-    def reload(self) -> bool:
-        try:
-            self.current = load_rules(self.path)
-        except RulesError as exc:
-            for problem in exc.problems:
-                log.error("rules reload refused; old rules stay", extra={"problem": str(problem)})
-            return False
-        log.info("rules reloaded", extra={"path": str(self.path)})
-        return True
 
 
 class Service:
@@ -74,7 +53,15 @@ class Service:
             self.db, settings, self.rules, on_outbox=self.sender.wakeup.set,
             on_imap_done=self.imap.wake if accounts else None,
         )
-        self.worker = PipelineWorker(self.pipeline, settings.worker_poll_interval)
+        self.worker: PipelineWorker | PipelineProcesses
+        if settings.pipeline_processes:
+            # Processing in child processes: this one keeps intake, sender and timers.
+            self.worker = PipelineProcesses(
+                settings, settings.pipeline_processes, on_outbox=self.sender.wakeup.set,
+                on_imap_done=self.imap.wake if accounts else None,
+            )
+        else:
+            self.worker = PipelineWorker(self.pipeline, settings.worker_poll_interval)
         self.stopping = asyncio.Event()
         self.smtp_server: asyncio.Server | None = None
         self.http: HttpServer | None = None
@@ -91,6 +78,8 @@ class Service:
         except Exception as exc:
             checks["database"] = {"ok": False, "error": str(exc)[:200]}
         checks["smtp"] = {"ok": self.smtp_server is not None and not self.stopping.is_set()}
+        if isinstance(self.worker, PipelineProcesses):
+            checks["pipeline"] = self.worker.readiness()
         for name, state in self.imap.readiness().items():
             checks[f"imap:{name}"] = state
         return checks
@@ -137,7 +126,8 @@ class Service:
 
     def _reload(self) -> None:
         notify("RELOADING=1")
-        self.rules.reload()
+        if self.rules.reload() and isinstance(self.worker, PipelineProcesses):
+            self.worker.reload()
         notify("READY=1")
 
     async def _watchdog(self) -> None:

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.exc import (
     IntegrityError,
     InterfaceError,
@@ -24,6 +25,8 @@ from mailbridge.rules import Rules
 from mailbridge.settings import Settings
 from mailbridge.spool import (
     STATE_DONE,
+    STATE_NEW,
+    InboundMail,
     claim,
     next_pending_ids,
     pending_raw,
@@ -66,8 +69,11 @@ class Pipeline:
         stages: list[Stage] | None = None,
         on_outbox: Callable[[], None] | None = None,
         on_imap_done: Callable[[], None] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.db = db
+        # (k, n): this worker takes the mails whose id is k modulo n (pipeline processes).
+        self.shard = shard
         self.settings = settings
         self.rules = rules
         self.stages = stages if stages is not None else STAGES
@@ -176,15 +182,61 @@ class Pipeline:
             self.on_imap_done()
         return ProcessResult(inbound_id, outcome.name, number)
 
-    def process_pending(self, limit: int = 100) -> list[ProcessResult]:
+    def process_pending(
+        self, limit: int = 100, halt: Callable[[], bool] | None = None
+    ) -> list[ProcessResult]:
+        """Process the oldest waiting mails (this worker's share); `halt` cuts the pass short."""
         with self.db.reader() as session:
-            ids = next_pending_ids(session, limit)
+            if self.shard is None or self.shard[1] <= 1:
+                ids = next_pending_ids(session, limit)
+            else:
+                index, count = self.shard
+                ids = list(session.scalars(
+                    select(InboundMail.id)
+                    .where(InboundMail.state == STATE_NEW, InboundMail.id % count == index)
+                    .order_by(InboundMail.id)
+                    .limit(limit)
+                ))
         results = []
         for inbound_id in ids:
+            if halt is not None and halt():
+                break
             result = self.process(inbound_id)
             if result is not None:
                 results.append(result)
         return results
+
+
+def run_pipeline_loop(
+    pipeline: Pipeline,
+    poll_interval: float,
+    wait: Callable[[float], None],
+    stopping: Callable[[], bool],
+    halt: Callable[[], bool] | None = None,
+) -> None:
+    """Process waiting mail until `stopping()` and the queue is empty (or `halt()`).
+
+    `wait(seconds)` returns early when new mail is stored. Database trouble backs
+    off (0.5 s doubling to 30 s) and the mail stays queued.
+    """
+    backoff = 0.0
+    while not (halt is not None and halt()):
+        try:
+            results = pipeline.process_pending(halt=halt)
+            backoff = 0.0
+        except TRANSIENT_DB_ERRORS as exc:
+            backoff = min(30.0, max(0.5, backoff * 2))
+            log.warning("database busy or gone; retrying", extra={"error": str(exc)[:300]})
+            results = []
+        except Exception:
+            log.exception("pipeline pass failed")
+            backoff = min(30.0, max(0.5, backoff * 2))
+            results = []
+        if stopping() and not results:
+            return
+        if results and not backoff:
+            continue
+        wait(backoff or poll_interval)
 
 
 class PipelineWorker(BackgroundLoop):
@@ -201,22 +253,8 @@ class PipelineWorker(BackgroundLoop):
         self.poll_interval = poll_interval
 
     def _run(self) -> None:
-        backoff = 0.0
-        while True:
-            try:
-                results = self.pipeline.process_pending()
-                backoff = 0.0
-            except TRANSIENT_DB_ERRORS as exc:
-                backoff = min(30.0, max(0.5, backoff * 2))
-                log.warning("database busy or gone; retrying", extra={"error": str(exc)[:300]})
-                results = []
-            except Exception:
-                log.exception("pipeline pass failed")
-                backoff = min(30.0, max(0.5, backoff * 2))
-                results = []
-            if self._stop.is_set() and not results:
-                return
-            if results and not backoff:
-                continue
-            self.wakeup.wait(backoff or self.poll_interval)
+        def wait(timeout: float) -> None:
+            self.wakeup.wait(timeout)
             self.wakeup.clear()
+
+        run_pipeline_loop(self.pipeline, self.poll_interval, wait, self._stop.is_set)

@@ -42,6 +42,10 @@ class Daemon:
             "MAILBRIDGE_OUTBOX_RETRY_BASE": "0.2",
             "MAILBRIDGE_OUTBOX_RETRY_MAX": "1",
             "MAILBRIDGE_DRAIN_TIMEOUT": "10",
+            # `MAILBRIDGE_TEST_PIPELINE_PROCESSES=N pytest …` runs every daemon with
+            # its pipeline in N child processes (the default is the in-process thread).
+            **({"MAILBRIDGE_PIPELINE_PROCESSES": os.environ["MAILBRIDGE_TEST_PIPELINE_PROCESSES"]}
+               if os.environ.get("MAILBRIDGE_TEST_PIPELINE_PROCESSES") else {}),
             **(env or {}),
         }
         if not (env and "MAILBRIDGE_RELAY" in env):
