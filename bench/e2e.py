@@ -166,7 +166,10 @@ def mailbridge_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Ma
         result["client_reconnects"] = SmtpConn.reconnects - reconnects0
         if profiler is not None:
             profiler.stop()
-        result["cpu_by_thread"] = cpu_by_thread(threads0, threads1, thread_names(daemon.pid))
+        result["cpu_by_thread"] = cpu_by_thread(
+            threads0, threads1,
+            {tid: name if pid == daemon.pid else f"pipeline process: {name}"
+             for pid in daemon.pids() for tid, name in thread_names(pid).items()})
         memory = daemon.memory()
         ack_times = [min(t) for t in tracker.acks.values()]
         ends = [*ack_times]

@@ -313,43 +313,67 @@ class DaemonProcess:
             return "(no log)"
 
     # -- what the kernel says about it ---------------------------------------------------
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) in bytes."""
-        out: dict[str, int] = {}
+    def pids(self) -> list[int]:
+        """The daemon and its child processes (pipeline processes, when configured)."""
         try:
-            with open(f"/proc/{self.pid}/status") as handle:
-                for line in handle:
-                    key, _, value = line.partition(":")
-                    if key in ("VmRSS", "VmHWM"):
-                        out[key] = int(value.split()[0]) * 1024
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
         except OSError:
-            pass
-        return out
+            children = []
+        return [self.pid, *(int(c) for c in children)]
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) in bytes, summed over the daemon's processes.
+
+        With pipeline processes the sum of peaks is an upper bound of the peak of the
+        sum; `processes` says how many were counted, `main_VmRSS`/`main_VmHWM` are the
+        parent's own.
+        """
+        out: dict[str, int] = {"VmRSS": 0, "VmHWM": 0, "processes": 0}
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as handle:
+                    found = {}
+                    for line in handle:
+                        key, _, value = line.partition(":")
+                        if key in ("VmRSS", "VmHWM"):
+                            found[key] = int(value.split()[0]) * 1024
+            except OSError:
+                continue
+            out["processes"] += 1
+            for key, value in found.items():
+                out[key] += value
+                if pid == self.pid:
+                    out[f"main_{key}"] = value
+        return out if out["processes"] else {}
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the daemon so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
+        """User + system CPU time of the daemon (and its pipeline processes) so far."""
         ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
 
     def thread_cpu(self) -> dict[int, float]:
         """CPU seconds per native thread id (Python threads have no OS names here)."""
         ticks = os.sysconf("SC_CLK_TCK")
         out: dict[int, float] = {}
-        try:
-            tids = os.listdir(f"/proc/{self.pid}/task")
-        except OSError:
-            return out
-        for tid in tids:
+        for pid in self.pids():
             try:
-                fields = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue
-            parts = fields.split()
-            out[int(tid)] = (int(parts[11]) + int(parts[12])) / ticks
+            for tid in tids:
+                try:
+                    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                except OSError:
+                    continue
+                parts = fields.split()
+                out[int(tid)] = (int(parts[11]) + int(parts[12])) / ticks
         return out
 
     def db(self) -> Any:
