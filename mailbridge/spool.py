@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, select
-from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
+from sqlalchemy import ColumnElement, ForeignKey, Index, LargeBinary, String, Text, select
+from sqlalchemy.ext.hybrid import hybrid_property
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from mailbridge.db import Base, Database, UTCDateTime, utcnow
 
@@ -27,8 +28,22 @@ STATE_DONE = "done"
 STATE_QUARANTINED = "quarantined"
 
 
+class InboundRaw(Base):
+    """The bytes of one inbound mail, written once at intake and kept as the archive.
+
+    Apart from `inbound` because SQLite rewrites a whole row, overflow pages
+    included, on any update, and the pipeline updates that row for every mail:
+    with the message in it, a 25 MB mail cost ~47 MB of memory and 50 MB of WAL.
+    """
+
+    __tablename__ = "inbound_raw"
+
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class InboundMail(Base):
-    """A raw message as it arrived, with its envelope; kept as the archive."""
+    """A mail as it arrived: its envelope and state; `raw` is its stored message."""
 
     __tablename__ = "inbound"
 
@@ -40,7 +55,6 @@ class InboundMail(Base):
     rcpt_tos: Mapped[list[Any]] = mapped_column(default=list)
     size: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
     state: Mapped[str] = mapped_column(String(16), default=STATE_NEW)
     outcome: Mapped[str | None] = mapped_column(String(64))
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
@@ -49,6 +63,30 @@ class InboundMail(Base):
     stage: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Loaded only when `raw` is read or written (never by claim or the listings).
+    raw_row: Mapped[InboundRaw | None] = relationship(cascade="all, delete-orphan")
+
+    @hybrid_property
+    def raw(self) -> bytes | None:
+        """The stored message (None only for a mail stored without one)."""
+        row = self.raw_row
+        return None if row is None else row.raw
+
+    @raw.inplace.setter
+    def _raw_setter(self, value: bytes) -> None:
+        if self.raw_row is None:
+            self.raw_row = InboundRaw(raw=value)
+        else:
+            self.raw_row.raw = value
+
+    @raw.inplace.expression
+    @classmethod
+    def _raw_expression(cls) -> ColumnElement[bytes | None]:
+        return (
+            select(InboundRaw.raw)
+            .where(InboundRaw.inbound_id == cls.id)
+            .scalar_subquery()
+        )
 
 
 Index("ix_inbound_state_id", InboundMail.state, InboundMail.id)
@@ -59,7 +97,7 @@ class StorageError(Exception):
 
 
 def new_inbound(
-    raw: bytes,
+    raw: bytes | bytearray,
     *,
     channel: str,
     mail_from: str = "",
@@ -73,7 +111,7 @@ def new_inbound(
         rcpt_tos=[r.lower() for r in rcpt_tos],
         size=len(raw),
         sha256=hashlib.sha256(raw).hexdigest(),
-        raw=raw,
+        raw_row=InboundRaw(raw=raw),
         state=STATE_NEW,
     )
 
@@ -109,8 +147,10 @@ def pending_raw(session: Session, inbound_id: int) -> bytes | None:
 
     Read alone, so no row object keeps a second reference to a big message.
     """
-    stmt = select(InboundMail.raw).where(
-        InboundMail.id == inbound_id, InboundMail.state == STATE_NEW
+    stmt = (
+        select(InboundRaw.raw)
+        .join(InboundMail, InboundMail.id == InboundRaw.inbound_id)
+        .where(InboundRaw.inbound_id == inbound_id, InboundMail.state == STATE_NEW)
     )
     raw = session.scalar(stmt)
     return bytes(raw) if raw is not None and not isinstance(raw, bytes) else raw

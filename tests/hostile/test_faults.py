@@ -46,7 +46,7 @@ def send_code(daemon: Daemon, msg) -> tuple[int, float]:  # type: ignore[no-unty
 
 def rows_with(daemon: Daemon, message_id: str) -> int:
     needle = message_id.encode()
-    return sum(needle in bytes(raw) for (raw,) in daemon.query("SELECT raw FROM inbound"))
+    return sum(needle in bytes(raw) for (raw,) in daemon.query("SELECT raw FROM inbound_raw"))
 
 
 @pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's file lock")

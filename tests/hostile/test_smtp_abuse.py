@@ -92,7 +92,8 @@ def test_smuggling_is_one_message(daemon: Daemon, ending: bytes) -> None:
         # Exactly one answer for the whole DATA: nothing of the tail ran as commands.
         code_quit, _ = client.command("QUIT")
         assert code_quit == 221
-    rows = daemon.query("SELECT rcpt_tos, raw FROM inbound ORDER BY id")[before:]
+    rows = daemon.query("SELECT i.rcpt_tos, r.raw FROM inbound AS i "
+                         "JOIN inbound_raw AS r ON r.inbound_id = i.id ORDER BY i.id")[before:]
     assert len(rows) == 1
     assert "soporte-b" not in str(rows[0][0])
     assert b"contrabando" in rows[0][1]  # kept inside the one message, as its text

@@ -182,7 +182,7 @@ def test_unknown_sender_and_shared_mailbox_get_a_reply_and_no_case(make_daemon, 
     # Their mail is kept.
     assert daemon.outcomes() == ["refused:unknown-sender", "refused:shared-mailbox",
                                  "refused:not-a-contact-of-tenant"]
-    assert daemon.query("SELECT count(*) FROM inbound WHERE length(raw) > 0") == [(3,)]
+    assert daemon.query("SELECT count(*) FROM inbound_raw WHERE length(raw) > 0") == [(3,)]
     daemon.stop()
 
 

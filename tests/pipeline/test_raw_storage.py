@@ -1,0 +1,90 @@
+"""The stored message lives in `inbound_raw`, apart from the row the pipeline updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from mailbridge.db import Database
+from mailbridge.spool import (
+    STATE_DONE,
+    InboundMail,
+    InboundRaw,
+    claim,
+    new_inbound,
+    pending_raw,
+    store_inbound,
+)
+from tests.pipeline.helpers import MESSAGES, deliver, fixture_rules
+
+MESSAGE = b"From: ana@compensar.example\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    """Every SQL statement run on the database's engines meanwhile."""
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    engines = {id(e): e for e in (db.engine, db.read_engine)}.values()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", before)
+
+
+def test_the_message_is_stored_apart_and_read_through_inbound_mail(db: Database) -> None:
+    (inbound_id,) = store_inbound(db, [new_inbound(bytearray(MESSAGE), channel="pipe")])
+    with db.engine.connect() as connection:
+        columns = {c["name"] for c in sa.inspect(connection).get_columns("inbound")}
+        stored = connection.execute(
+            sa.text("SELECT raw FROM inbound_raw WHERE inbound_id = :i"), {"i": inbound_id}
+        ).scalar_one()
+    assert "raw" not in columns
+    assert bytes(stored) == MESSAGE
+    with db.reader() as session:
+        mail = session.get(InboundMail, inbound_id)
+        assert mail is not None and mail.raw == MESSAGE and mail.size == len(MESSAGE)
+        assert session.scalar(sa.select(InboundMail.raw).where(InboundMail.id == inbound_id)) \
+            == MESSAGE
+        assert pending_raw(session, inbound_id) == MESSAGE
+    with db.transaction() as session:
+        mail = session.get(InboundMail, inbound_id)
+        assert mail is not None
+        mail.raw = b"redacted"
+    with db.reader() as session:
+        assert session.get(InboundRaw, inbound_id).raw == b"redacted"  # type: ignore[union-attr]
+
+
+def test_claim_leaves_the_message_unloaded_and_done_mail_has_no_pending_raw(db: Database) -> None:
+    (inbound_id,) = store_inbound(db, [new_inbound(MESSAGE, channel="pipe")])
+    with db.transaction() as session:
+        mail = claim(session, inbound_id)
+        assert mail is not None
+        assert "raw_row" not in sa.inspect(mail).dict
+        mail.state = STATE_DONE
+    with db.reader() as session:
+        assert pending_raw(session, inbound_id) is None
+        assert session.get(InboundMail, inbound_id).raw == MESSAGE  # type: ignore[union-attr]
+
+
+def test_the_pipeline_reads_the_message_once_and_never_rewrites_it(db, settings) -> None:  # type: ignore[no-untyped-def]
+    raw = (MESSAGES / "opening" / "gmail_multipart_alternative.eml").read_bytes()
+    with statements(db) as seen:
+        result = deliver(db, settings, fixture_rules(), raw)
+    assert result.outcome == "ticket"
+    touching = [s for s in seen if "inbound_raw" in s]
+    assert len([s for s in touching if s.startswith("INSERT")]) == 1  # at intake
+    assert [s.split()[0] for s in touching if not s.startswith("INSERT")] == ["SELECT"]
+    assert any(s.startswith("UPDATE inbound SET") for s in seen)
+    with db.reader() as session:
+        assert session.get(InboundMail, result.inbound_id).raw == raw  # type: ignore[union-attr]
