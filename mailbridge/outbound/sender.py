@@ -12,12 +12,13 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailbridge import metrics
-from mailbridge.db import Database, utcnow
+from mailbridge.db import Database, UTCDateTime, utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, STATE_SENT, OutboxMail
 from mailbridge.settings import Settings
 from mailbridge.tickets.models import Ticket, TicketEvent
@@ -152,7 +153,9 @@ class AcceptedMarker:
         self.used = len(os.pread(self.fd, self.SIZE, 0).rstrip(b"\0"))
 
     def get(self) -> list[str]:
-        data = os.pread(self.fd, self.SIZE, 0).rstrip(b"\0").decode("utf-8", "replace")
+        if not self.used:  # this process is the file's only writer: nothing to read
+            return []
+        data = os.pread(self.fd, self.used, 0).rstrip(b"\0").decode("utf-8", "replace")
         return [line for line in data.split("\n") if line]
 
     def add(self, message_id: str) -> None:
@@ -182,6 +185,76 @@ class SendResult:
     deferred: int = 0
     failed: int = 0
     skipped: int = 0  # taken by another worker, or already done
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What recording a failed try needs of its row (read while the row is ours)."""
+
+    id: int
+    attempts: int  # before this try
+    kind: str
+    ticket_id: int | None
+    message_id: str
+
+
+# The sender's statements, built once: Core on the tables, bound parameters only. The
+# ORM's identity map and unit of work cost more than the mail's SMTP exchange did.
+_OUTBOX = OutboxMail.__table__
+_O = _OUTBOX.c
+_TICKETS = Ticket.__table__
+_NOW = bindparam("now", type_=UTCDateTime)
+_IS_DUE = and_(_O.state == STATE_PENDING, _O.next_attempt_at <= _NOW)
+_DUE_IDS = select(_O.id).where(_IS_DUE).order_by(_O.id).limit(bindparam("limit"))
+_DUE_ROWS = (
+    select(_O.id, _O.mail_from, _O.rcpt_tos, _O.raw, _O.message_id)
+    .where(_IS_DUE).order_by(_O.id).limit(bindparam("limit"))
+)
+_NEXT_DUE = select(func.min(_O.next_attempt_at)).where(_O.state == STATE_PENDING)
+# PostgreSQL: the row stays locked for the whole send (another worker skips it).
+_LOCK_ONE = (
+    select(_O.id, _O.mail_from, _O.rcpt_tos, _O.raw, _O.message_id, _O.attempts, _O.kind,
+           _O.ticket_id)
+    .where(_O.id == bindparam("id"), _O.state == STATE_PENDING)
+    .with_for_update(skip_locked=True)
+)
+_PENDING_ONE = select(_O.id, _O.attempts, _O.kind, _O.ticket_id, _O.message_id).where(
+    _O.id == bindparam("id"), _O.state == STATE_PENDING
+)
+# The WHERE on the state is the guard: a row someone else recorded meanwhile is not
+# counted again (it does not come back from RETURNING).
+_SENT_RETURNING = (_O.id, _O.kind, _O.ticket_id, _O.message_id, _O.trigger_received_at)
+_MARK_SENT = (
+    update(_OUTBOX)
+    .where(_O.id.in_(bindparam("ids", expanding=True)), _O.state == STATE_PENDING)
+    .values(state=STATE_SENT, sent_at=_NOW, last_error=None, attempts=_O.attempts + 1)
+    .returning(*_SENT_RETURNING)
+)
+_MARK_SENT_BY_MESSAGE_ID = (
+    update(_OUTBOX)
+    .where(_O.message_id.in_(bindparam("message_ids", expanding=True)),
+           _O.state == STATE_PENDING)
+    .values(state=STATE_SENT, sent_at=_NOW, last_error=None, attempts=_O.attempts + 1)
+    .returning(*_SENT_RETURNING)
+)
+_MARK_FAILED = (
+    update(_OUTBOX)
+    .where(_O.id == bindparam("row_id"))
+    .values(state=STATE_FAILED, last_error=bindparam("error"), attempts=bindparam("tries"))
+)
+_MARK_RETRY = (
+    update(_OUTBOX)
+    .where(_O.id == bindparam("row_id"))
+    .values(next_attempt_at=bindparam("retry_at", type_=UTCDateTime),
+            last_error=bindparam("error"), attempts=bindparam("tries"))
+)
+# The first ack sent is when the case was acknowledged; a later one does not move it.
+_MARK_ACKED = (
+    update(_TICKETS)
+    .where(_TICKETS.c.id.in_(bindparam("ids", expanding=True)), _TICKETS.c.acked_at.is_(None))
+    .values(acked_at=_NOW)
+)
+_ADD_EVENT = insert(TicketEvent.__table__)
 
 
 class OutboxSender(BackgroundLoop):
@@ -220,11 +293,7 @@ class OutboxSender(BackgroundLoop):
     def _idle_wait(self) -> float:
         """Sleep until the next row is due, bounded by the poll interval."""
         with self.db.reader() as session:
-            due = session.scalar(
-                select(func.min(OutboxMail.next_attempt_at)).where(
-                    OutboxMail.state == STATE_PENDING
-                )
-            )
+            due = session.execute(_NEXT_DUE).scalar()
         pause = self.paused_until - time.monotonic()
         if due is None:
             return self.settings.worker_poll_interval
@@ -242,11 +311,7 @@ class OutboxSender(BackgroundLoop):
             else:
                 with self.db.reader() as session:
                     ids = session.execute(
-                        select(OutboxMail.id)
-                        .where(OutboxMail.state == STATE_PENDING,
-                               OutboxMail.next_attempt_at <= utcnow())
-                        .order_by(OutboxMail.id)
-                        .limit(limit)
+                        _DUE_IDS, {"now": utcnow(), "limit": limit}
                     ).scalars().all()
                 for outbox_id in ids:
                     if self._stop.is_set() and result.sent:
@@ -270,31 +335,34 @@ class OutboxSender(BackgroundLoop):
         while not (self._stop.is_set() and result.sent) and limit > 0:
             with self.db.reader() as session:
                 rows = session.execute(
-                    select(OutboxMail.id, OutboxMail.mail_from, OutboxMail.rcpt_tos,
-                           OutboxMail.raw, OutboxMail.message_id)
-                    .where(OutboxMail.state == STATE_PENDING,
-                           OutboxMail.next_attempt_at <= utcnow())
-                    .order_by(OutboxMail.id)
-                    .limit(min(chunk, limit))
+                    _DUE_ROWS, {"now": utcnow(), "limit": min(chunk, limit)}
                 ).all()
             if not rows:
                 return
             limit -= len(rows)
-            outcomes: list[tuple[int, PermanentFailure | TransientFailure | None]] = []
+            accepted: list[int] = []
+            refused: list[tuple[int, PermanentFailure | TransientFailure]] = []
             for outbox_id, mail_from, rcpt_tos, raw, message_id in rows:
                 error = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
-                if error is None and self.accepted is not None:
-                    self.accepted.add(message_id)
-                outcomes.append((outbox_id, error))
+                if error is None:
+                    accepted.append(outbox_id)
+                    if self.accepted is not None:
+                        self.accepted.add(message_id)
+                    continue
+                refused.append((outbox_id, error))
                 if isinstance(error, TransientFailure):
                     break  # the relay is down: do not hammer it row by row
             with self.db.transaction() as session:
-                for outbox_id, error in outcomes:
-                    row = session.get(OutboxMail, outbox_id)
-                    if row is None or row.state != STATE_PENDING:
+                if accepted:
+                    sent = self._record_sent(session, _MARK_SENT, {"ids": accepted})
+                    result.sent += sent
+                    result.skipped += len(accepted) - sent
+                for outbox_id, error in refused:
+                    row = session.execute(_PENDING_ONE, {"id": outbox_id}).first()
+                    if row is None:
                         result.skipped += 1
                         continue
-                    outcome = self._record(session, row, error)
+                    outcome = self._record_failure(session, _Attempt(*row), error)
                     setattr(result, outcome, getattr(result, outcome) + 1)
             if self.accepted is not None:
                 self.accepted.clear()
@@ -307,31 +375,25 @@ class OutboxSender(BackgroundLoop):
         if not accepted:
             return
         with self.db.transaction() as session:
-            rows = session.scalars(select(OutboxMail).where(
-                OutboxMail.message_id.in_(accepted), OutboxMail.state == STATE_PENDING
-            )).all()
-            for row in rows:
-                log.warning("the relay accepted this mail before; recorded, not sent again",
-                            extra={"message_id": row.message_id})
-                self._record(session, row, None)
+            self._record_sent(session, _MARK_SENT_BY_MESSAGE_ID, {"message_ids": accepted},
+                              recovered=True)
         self.accepted.clear()  # type: ignore[union-attr]
 
     def _send_one(self, outbox_id: int) -> str:
         """PostgreSQL: the row stays locked (SKIP LOCKED) for the whole send, so two
         workers never send the same mail."""
         with self.db.transaction() as session:
-            row = session.scalars(
-                select(OutboxMail)
-                .where(OutboxMail.id == outbox_id, OutboxMail.state == STATE_PENDING)
-                .with_for_update(skip_locked=True)
-            ).first()
+            row = session.execute(_LOCK_ONE, {"id": outbox_id}).first()
             if row is None:
                 return "skipped"
-            return self._deliver(session, row)
-
-    def _deliver(self, session: Session, row: OutboxMail) -> str:
-        error = self._transmit(row.mail_from, list(row.rcpt_tos), row.raw, row.message_id)
-        return self._record(session, row, error)
+            row_id, mail_from, rcpt_tos, raw, message_id, attempts, kind, ticket_id = row
+            error = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
+            if error is None:
+                self._record_sent(session, _MARK_SENT, {"ids": [row_id]})
+                return "sent"
+            return self._record_failure(
+                session, _Attempt(row_id, attempts, kind, ticket_id, message_id), error
+            )
 
     def _transmit(
         self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str
@@ -342,58 +404,64 @@ class OutboxSender(BackgroundLoop):
             return exc
         return None
 
-    def _record(
-        self, session: Session, row: OutboxMail, error: PermanentFailure | TransientFailure | None
+    def _record_sent(
+        self, session: Session, statement: Any, params: dict[str, Any], *, recovered: bool = False
+    ) -> int:
+        """Mark the pending rows the statement names as sent, in one UPDATE; their acks
+        acknowledge their cases. Returns how many rows were still pending."""
+        now = utcnow()
+        done = session.execute(statement, {**params, "now": now}).all()
+        done.sort(key=lambda r: r[0])
+        acked = [ticket_id for _id, kind, ticket_id, _m, _t in done
+                 if ticket_id and kind == "ack"]
+        if acked:
+            session.execute(_MARK_ACKED, {"ids": acked, "now": now})
+        for _id, kind, ticket_id, message_id, trigger_received_at in done:
+            if recovered:
+                log.warning("the relay accepted this mail before; recorded, not sent again",
+                            extra={"message_id": message_id})
+            metrics.OUTBOUND.labels(kind=kind, outcome="sent").inc()
+            if trigger_received_at is not None:
+                latency = (now - trigger_received_at).total_seconds()
+                metrics.ACK_LATENCY.labels(kind=kind).observe(latency)
+            log.info("outbound sent",
+                     extra={"message_id": message_id, "kind": kind, "ticket_id": ticket_id})
+        return len(done)
+
+    def _record_failure(
+        self, session: Session, row: _Attempt, error: PermanentFailure | TransientFailure
     ) -> str:
-        row.attempts += 1
+        """A refused or deferred try on a row that is ours; returns the outcome's name."""
+        tries = row.attempts + 1
         if isinstance(error, TransientFailure):
-            delay = self._schedule_retry(row, str(error))
+            delay = self._schedule_retry(session, row, tries, str(error))
             self.paused_until = time.monotonic() + delay
             return "deferred"
-        if isinstance(error, PermanentFailure):
-            row.state, row.last_error = STATE_FAILED, str(error)
-            if row.ticket_id:
-                _event(session, row.ticket_id, "outbound_failed", row, error=str(error))
-            metrics.OUTBOUND.labels(kind=row.kind, outcome="failed").inc()
-            log.error("outbound refused", extra={"message_id": row.message_id, "error": str(error)})
-            return "failed"
-        now = utcnow()
-        row.state, row.sent_at, row.last_error = STATE_SENT, now, None
-        metrics.OUTBOUND.labels(kind=row.kind, outcome="sent").inc()
-        if row.trigger_received_at is not None:
-            latency = (now - row.trigger_received_at).total_seconds()
-            metrics.ACK_LATENCY.labels(kind=row.kind).observe(latency)
-        if row.ticket_id and row.kind == "ack":
-            ticket = session.get(Ticket, row.ticket_id)
-            if ticket is not None and ticket.acked_at is None:
-                ticket.acked_at = now
-        log.info(
-            "outbound sent",
-            extra={"message_id": row.message_id, "kind": row.kind, "ticket_id": row.ticket_id},
-        )
-        return "sent"
+        session.execute(_MARK_FAILED, {"row_id": row.id, "error": str(error), "tries": tries})
+        if row.ticket_id:
+            session.execute(_ADD_EVENT, [{
+                "ticket_id": row.ticket_id, "kind": "outbound_failed", "at": utcnow(),
+                "data": {"message_id": row.message_id, "error": str(error)},
+            }])
+        metrics.OUTBOUND.labels(kind=row.kind, outcome="failed").inc()
+        log.error("outbound refused", extra={"message_id": row.message_id, "error": str(error)})
+        return "failed"
 
-    def _schedule_retry(self, row: OutboxMail, error: str) -> float:
+    def _schedule_retry(self, session: Session, row: _Attempt, tries: int, error: str) -> float:
         """Set the row's next attempt; returns the delay in seconds (0 when it gave up)."""
-        row.last_error = error
-        if row.attempts >= self.settings.outbox_max_attempts:
-            row.state = STATE_FAILED
+        if tries >= self.settings.outbox_max_attempts:
+            session.execute(_MARK_FAILED, {"row_id": row.id, "error": error, "tries": tries})
             log.error("outbound gave up", extra={"message_id": row.message_id, "error": error})
             return 0.0
         delay = min(
             self.settings.outbox_retry_max,
-            self.settings.outbox_retry_base * (2 ** min(row.attempts - 1, 20)),
+            self.settings.outbox_retry_base * (2 ** min(tries - 1, 20)),
         )
         delay *= random.uniform(0.8, 1.2)
-        row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        session.execute(_MARK_RETRY, {"row_id": row.id, "error": error, "tries": tries,
+                                      "retry_at": utcnow() + timedelta(seconds=delay)})
         log.warning(
             "outbound deferred",
             extra={"message_id": row.message_id, "error": error, "retry_in": round(delay, 1)},
         )
         return delay
-
-
-def _event(session: Session, ticket_id: int, kind: str, row: OutboxMail, **data: str) -> None:
-    session.add(
-        TicketEvent(ticket_id=ticket_id, kind=kind, data={"message_id": row.message_id, **data})
-    )
