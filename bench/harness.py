@@ -315,11 +315,13 @@ class DaemonProcess:
     # -- what the kernel says about it ---------------------------------------------------
     def pids(self) -> list[int]:
         """The daemon and its child processes (pipeline processes, when configured)."""
-        try:
-            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        except OSError:
-            children = []
-        return [self.pid, *(int(c) for c in children)]
+        children: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):  # a restarted child has
+            try:                                                # another thread as parent
+                children += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return [self.pid, *sorted(children)]
 
     def memory(self) -> dict[str, int]:
         """VmRSS and VmHWM (peak RSS) in bytes, summed over the daemon's processes.

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--tree", default=str(REPO), help="a mailbridge source tree")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the best is reported")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="mails per write transaction (the daemon's MAILBRIDGE_PIPELINE_BATCH)")
     parser.add_argument("--postgres", action="store_true",
                         help="on a private PostgreSQL (durable commits) instead of SQLite")
     args = parser.parse_args(argv)
@@ -95,7 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
 
         # Openings first so the replies find their cases.
         store(openings)
-        pipeline = Pipeline(db, settings, lambda: rules)
+        pipeline = Pipeline(db, settings, lambda: rules,
+                            **({"batch_size": args.batch} if args.batch != 1 else {}))
         profiler = None
         if args.cprofile:
             import cProfile

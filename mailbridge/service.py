@@ -52,6 +52,7 @@ class Service:
         self.pipeline = Pipeline(
             self.db, settings, self.rules, on_outbox=self.sender.wakeup.set,
             on_imap_done=self.imap.wake if accounts else None,
+            batch_size=settings.pipeline_batch,
         )
         self.worker: PipelineWorker | PipelineProcesses
         if settings.pipeline_processes:

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     outbox_retry_max: float = Field(default=3600.0, description="longest retry delay, seconds")
     outbox_max_attempts: int = Field(default=200, description="then the row is marked failed")
     worker_poll_interval: float = Field(default=2.0, description="seconds between queue scans")
+    pipeline_batch: int = Field(
+        default=16, ge=1, le=256,
+        description="SQLite: waiting mails processed in one write transaction (savepoint each)",
+    )
     pipeline_processes: int = Field(
         default=0, ge=0, le=64,
         description="0 = the pipeline runs as a thread of the daemon; N = in N child processes",

@@ -15,10 +15,11 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
+from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
-from mailbridge.parse.mime import parse_mail
+from mailbridge.parse.mime import ParsedMail, parse_mail
 from mailbridge.pipeline.context import MailContext, Outcome
 from mailbridge.pipeline.stages import STAGES, Stage
 from mailbridge.rules import Rules
@@ -51,6 +52,26 @@ class StageError(Exception):
         self.error = error
 
 
+# A batch stops growing at this many bytes of raw mail: parsed mails wait in memory
+# for the batch's transaction, so a big one goes alone.
+BATCH_BYTES = 2 * 1024 * 1024
+
+
+@dataclass
+class _Parsed:
+    inbound_id: int
+    mail: ParsedMail | None
+    error: Exception | None
+    size: int
+
+
+@dataclass
+class _Done:
+    outcome: Outcome
+    number: int | None
+    channel: str
+
+
 @dataclass
 class ProcessResult:
     inbound_id: int
@@ -70,10 +91,13 @@ class Pipeline:
         on_outbox: Callable[[], None] | None = None,
         on_imap_done: Callable[[], None] | None = None,
         shard: tuple[int, int] | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.db = db
         # (k, n): this worker takes the mails whose id is k modulo n (pipeline processes).
         self.shard = shard
+        # SQLite: up to this many mails share one write transaction (see process_batch).
+        self.batch_size = batch_size
         self.settings = settings
         self.rules = rules
         self.stages = stages if stages is not None else STAGES
@@ -108,79 +132,138 @@ class Pipeline:
         Transient database errors propagate (the row stays `new` and is
         retried); any other error quarantines the mail with its stage.
         """
-        # Parse outside the write transaction: on SQLite the write lock is the
-        # whole database, and intake is waiting for it.
+        parsed = self._read_and_parse(inbound_id)
+        if parsed is None:
+            return None
+        try:
+            with self.db.transaction() as session:
+                done = self._apply(session, parsed)
+        except StageError as exc:
+            return self._quarantined(inbound_id, exc)
+        return self._finished(parsed, done)
+
+    def _read_and_parse(self, inbound_id: int) -> _Parsed | None:
+        """Read and parse outside the write transaction (on SQLite the write lock is
+        the whole database, and intake is waiting for it); None if not waiting."""
         with self.db.reader() as session:
             raw = pending_raw(session, inbound_id)
         if raw is None:
             return None
+        size = len(raw)
         try:
-            mail = parse_mail(raw)
-            parse_error: Exception | None = None
+            return _Parsed(inbound_id, parse_mail(raw), None, size)
         except Exception as exc:  # parse_mail never raises; if it does, keep the mail
-            parse_error = exc
-        del raw
+            return _Parsed(inbound_id, None, exc, size)
+
+    def _apply(self, session: Session, parsed: _Parsed) -> _Done | None:
+        """The stages for one mail in the caller's transaction; None if not claimable."""
+        inbound = claim(session, parsed.inbound_id)
+        if inbound is None:
+            return None
+        channel = inbound.channel
+        stage_name = "parse"
         try:
-            with self.db.transaction() as session:
-                inbound = claim(session, inbound_id)
-                if inbound is None:
-                    return None
-                channel = inbound.channel
-                stage_name = "parse"
-                try:
-                    if parse_error is not None:
-                        raise parse_error
-                    inbound.message_id = mail.message_id[:998] if mail.message_id else None
-                    ctx = MailContext(
-                        session=session,
-                        inbound=inbound,
-                        mail=mail,
-                        rules=self.rules(),
-                        settings=self.settings,
-                        now=utcnow(),
-                    )
-                    outcome = Outcome("done")
-                    for stage in self.stages:
-                        stage_name = stage.name
-                        decided = stage.run(ctx)
-                        if decided is not None:
-                            outcome = decided
-                            break
-                except (*TRANSIENT_DB_ERRORS, IntegrityError):
-                    raise
-                except Exception as exc:
-                    raise StageError(stage_name, exc) from exc
-                inbound.state = STATE_DONE
-                inbound.outcome = outcome.name[:64]
-                inbound.processed_at = utcnow()
-                if ctx.ticket is not None:
-                    inbound.ticket_id = ctx.ticket.id
-                number = ctx.ticket.number if ctx.ticket is not None else None
-        except StageError as exc:
-            detail = "".join(traceback.format_exception(exc.error))
-            quarantine(self.db, inbound_id, stage=exc.stage, error=detail)
-            log.error(
-                "mail quarantined",
-                extra={"inbound_id": inbound_id, "stage": exc.stage, "error": repr(exc.error)},
+            if parsed.error is not None:
+                raise parsed.error
+            mail = parsed.mail
+            assert mail is not None
+            inbound.message_id = mail.message_id[:998] if mail.message_id else None
+            ctx = MailContext(
+                session=session,
+                inbound=inbound,
+                mail=mail,
+                rules=self.rules(),
+                settings=self.settings,
+                now=utcnow(),
             )
-            metrics.PROCESSED.labels(outcome="quarantined").inc()
-            self.on_imap_done()
-            return ProcessResult(inbound_id, "quarantined")
+            outcome = Outcome("done")
+            for stage in self.stages:
+                stage_name = stage.name
+                decided = stage.run(ctx)
+                if decided is not None:
+                    outcome = decided
+                    break
+        except (*TRANSIENT_DB_ERRORS, IntegrityError):
+            raise
+        except Exception as exc:
+            raise StageError(stage_name, exc) from exc
+        inbound.state = STATE_DONE
+        inbound.outcome = outcome.name[:64]
+        inbound.processed_at = utcnow()
+        if ctx.ticket is not None:
+            inbound.ticket_id = ctx.ticket.id
+        number = ctx.ticket.number if ctx.ticket is not None else None
+        return _Done(outcome, number, channel)
+
+    def _quarantined(self, inbound_id: int, exc: StageError) -> ProcessResult:
+        detail = "".join(traceback.format_exception(exc.error))
+        quarantine(self.db, inbound_id, stage=exc.stage, error=detail)
+        log.error(
+            "mail quarantined",
+            extra={"inbound_id": inbound_id, "stage": exc.stage, "error": repr(exc.error)},
+        )
+        metrics.PROCESSED.labels(outcome="quarantined").inc()
+        self.on_imap_done()
+        return ProcessResult(inbound_id, "quarantined")
+
+    def _finished(self, parsed: _Parsed, done: _Done | None) -> ProcessResult | None:
+        """After the commit: count, log, wake the sender (and the IMAP poller)."""
+        if done is None:
+            return None
+        outcome = done.outcome
         metrics.PROCESSED.labels(outcome=outcome.name.split(":", 1)[0]).inc()
         log.info(
             "mail processed",
             extra={
-                "inbound_id": inbound_id,
+                "inbound_id": parsed.inbound_id,
                 "outcome": outcome.name,
-                "case": number,
-                "message_id": mail.message_id,
+                "case": done.number,
+                "message_id": parsed.mail.message_id if parsed.mail is not None else None,
                 "detail": outcome.detail,
             },
         )
         self.on_outbox()
-        if channel == "imap":
+        if done.channel == "imap":
             self.on_imap_done()
-        return ProcessResult(inbound_id, outcome.name, number)
+        return ProcessResult(parsed.inbound_id, outcome.name, done.number)
+
+    def process_batch(self, inbound_ids: list[int]) -> list[ProcessResult]:
+        """Several mails in one write transaction, each in its own savepoint (SQLite).
+
+        On SQLite every transaction takes the database's one write lock and ends in
+        an fsync; a batch pays for both once. A mail whose stage raises is rolled
+        back to its savepoint and quarantined after the commit; one that meets a
+        unique-key conflict is retried alone, as `process` does. Database trouble
+        rolls the whole batch back and propagates: every mail stays queued.
+        """
+        parsed = [p for p in map(self._read_and_parse, inbound_ids) if p is not None]
+        done: list[tuple[_Parsed, _Done | None]] = []
+        failed: list[tuple[int, StageError]] = []
+        retry: list[int] = []
+        if parsed:
+            with self.db.transaction() as session:
+                for item in parsed:
+                    savepoint = session.begin_nested()
+                    try:
+                        outcome = self._apply(session, item)
+                    except StageError as exc:
+                        savepoint.rollback()
+                        failed.append((item.inbound_id, exc))
+                        continue
+                    except IntegrityError:
+                        savepoint.rollback()
+                        retry.append(item.inbound_id)
+                        continue
+                    savepoint.commit()
+                    done.append((item, outcome))
+        results = [r for r in (self._finished(p, d) for p, d in done) if r is not None]
+        results += [self._quarantined(inbound_id, exc) for inbound_id, exc in failed]
+        for inbound_id in retry:
+            log.info("write conflict in a batch; retrying alone", extra={"inbound_id": inbound_id})
+            result = self.process(inbound_id)
+            if result is not None:
+                results.append(result)
+        return results
 
     def process_pending(
         self, limit: int = 100, halt: Callable[[], bool] | None = None
@@ -197,7 +280,14 @@ class Pipeline:
                     .order_by(InboundMail.id)
                     .limit(limit)
                 ))
-        results = []
+        results: list[ProcessResult] = []
+        if self.db.is_sqlite and self.batch_size > 1:
+            for batch in self._batches(ids):
+                if halt is not None and halt():
+                    break
+                results += self.process_batch(batch) if len(batch) > 1 else [
+                    r for r in [self.process(batch[0])] if r is not None]
+            return results
         for inbound_id in ids:
             if halt is not None and halt():
                 break
@@ -205,6 +295,26 @@ class Pipeline:
             if result is not None:
                 results.append(result)
         return results
+
+    def _batches(self, ids: list[int]) -> list[list[int]]:
+        """Consecutive ids in groups of `batch_size`; a big mail makes its own group."""
+        with self.db.reader() as session:
+            sizes = {inbound_id: size for inbound_id, size in session.execute(
+                select(InboundMail.id, InboundMail.size).where(InboundMail.id.in_(ids)))}
+        batches: list[list[int]] = []
+        current: list[int] = []
+        total = 0
+        for inbound_id in ids:
+            size = sizes.get(inbound_id, 0)
+            if current and (len(current) >= self.batch_size
+                            or total + size > BATCH_BYTES):
+                batches.append(current)
+                current, total = [], 0
+            current.append(inbound_id)
+            total += size
+        if current:
+            batches.append(current)
+        return batches
 
 
 def run_pipeline_loop(

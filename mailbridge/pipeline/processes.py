@@ -287,13 +287,22 @@ def child_main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads and tells us
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemd signals the whole group
+    parent = int(os.environ[_ENV_PARENT])
+    parent_gone = threading.Event()
+
+    def on_sigterm(*_: object) -> None:
+        # systemd signals the whole group: drain like the parent does. The parent's
+        # death signal (PR_SET_PDEATHSIG) is SIGTERM too: then stop after the mail in hand.
+        if os.getppid() != parent:
+            parent_gone.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     rules = RulesHolder(settings.rules)
     db = Database(settings.resolved_database_url)
     report: dict[str, int] = {"outbox": 0, "imap": 0}
     deltas = CounterDeltas()
-    parent_gone = threading.Event()
 
     def flush(counters_too: bool = True) -> None:
         counters = deltas.take() if counters_too else []
@@ -330,7 +339,7 @@ def child_main() -> int:
 
     pipeline = Pipeline(
         db, settings, rules, on_outbox=on_outbox, on_imap_done=on_imap_done,
-        shard=(index, count),
+        shard=(index, count), batch_size=settings.pipeline_batch,
     )
     log.info("pipeline process ready", extra={"index": index, "of": count})
     run_pipeline_loop(
