@@ -292,8 +292,12 @@ class OutboxSender(BackgroundLoop):
 
     def _idle_wait(self) -> float:
         """Sleep until the next row is due, bounded by the poll interval."""
-        with self.db.reader() as session:
-            due = session.execute(_NEXT_DUE).scalar()
+        try:
+            with self.db.reader() as session:
+                due = session.execute(_NEXT_DUE).scalar()
+        except Exception as exc:  # the database is away: the thread must outlive it
+            log.warning("outbox: next due time unknown", extra={"error": str(exc)[:300]})
+            return self.settings.worker_poll_interval
         pause = self.paused_until - time.monotonic()
         if due is None:
             return self.settings.worker_poll_interval

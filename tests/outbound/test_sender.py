@@ -317,3 +317,37 @@ def test_postgresql_row_locked_by_another_worker_is_skipped(db, settings, relay)
     state = rows(db)
     assert (state[busy]["state"], state[busy]["attempts"]) == (STATE_PENDING, 0)
     assert (state[free]["state"], state[free]["attempts"]) == (STATE_SENT, 1)
+
+
+def test_sender_thread_outlives_a_database_outage(db, settings, relay, monkeypatch) -> None:
+    """A poll during the outage fails both the pass and the due-time lookup; the thread
+    must still be there to send once the database is back."""
+    import threading
+    import time
+
+    sender = _sender(db, settings, relay.port, worker_poll_interval=0.05)
+    real = Database.reader
+    gone = threading.Event()
+    gone.set()
+    polled_while_gone = threading.Event()
+
+    @contextlib.contextmanager
+    def unreachable(self: Database) -> Iterator[Any]:
+        if gone.is_set():
+            polled_while_gone.set()
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        with real(self) as session:
+            yield session
+
+    monkeypatch.setattr(Database, "reader", unreachable)
+    sender.start()
+    try:
+        assert polled_while_gone.wait(5)
+        time.sleep(0.2)  # several polls fail
+        gone.clear()
+        message_id = queue(db, None, kind="reply")
+        sender.wakeup.set()
+        relay.wait_for(1, timeout=5)
+        assert relay.received[0].message["Message-ID"] == message_id
+    finally:
+        sender.stop(timeout=5)
