@@ -118,17 +118,22 @@ class IntakeHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # ListenerSMTP hands over one bytearray that already starts with our Received:
+        # line; it is stored as it is, so a big mail is not copied again here.
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        trace = _received_header(session, envelope, server.hostname)
+        if not isinstance(server, ListenerSMTP):
+            raw = received_line(session, envelope, server.hostname) + raw
         mail = new_inbound(
-            trace + raw,
+            raw,
             channel="smtp",
             mail_from=envelope.mail_from or "",
             rcpt_tos=envelope.rcpt_tos,
             source=_peer(session),
         )
+        # The stored copy holds the only reference from here on.
+        envelope.content = envelope.original_content = None
         self.in_flight += 1
         try:
             inbound_id = await self.store(mail)
@@ -152,7 +157,8 @@ def _peer(session: Session) -> str:
     return str(peer)
 
 
-def _received_header(session: Session, envelope: Envelope, hostname: str) -> bytes:
+def received_line(session: Session, envelope: Envelope, hostname: str) -> bytes:
+    """The `Received:` trace line this listener puts on top of every mail it accepts."""
     helo = "".join(ch for ch in (session.host_name or "unknown") if ch.isprintable())[:255]
     ip = session.peer[0] if isinstance(session.peer, tuple) else "unknown"
     rcpt = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
@@ -218,6 +224,8 @@ class ListenerSMTP(SMTP):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self._decode_data:
+            raise ValueError("ListenerSMTP stores bytes: decode_data must stay False")
         # aiosmtpd keeps these on the class, so every EHLO of every session would
         # raise the MAIL line limit for all of them: one dict per session instead.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -255,6 +263,78 @@ class ListenerSMTP(SMTP):
             self.close_transport()
             return
         await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message collected in one bytearray, trace line first.
+
+        aiosmtpd keeps a bytearray per line and joins them (three copies of a big
+        mail at once); here each line is dot-unstuffed (RFC 5321 4.5.2) straight
+        into one buffer that starts with our `Received:` line, and the handler
+        stores that buffer. Same checks, limits and replies as aiosmtpd 1.4:
+        a line over `line_length_limit` answers 500, more than `data_size_limit`
+        bytes 552, both only after the final dot, and nothing is kept meanwhile.
+        """
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None and self.session is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        buffer = bytearray(received_line(self.session, self.envelope, self.hostname))
+        trace_length = len(buffer)
+        limit = self.data_size_limit
+        received = 0
+        too_long = too_much = False
+        in_long_line = False  # inside a line the reader could not return whole
+        ended = False
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA", extra={"peer": self._peer_ip})
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                too_long = too_long or not too_much
+                del buffer[trace_length:]
+                line = await self._reader.read(exc.consumed)
+            if not in_long_line and line == b".\r\n":
+                ended = True
+                break
+            received += len(line)
+            if not (too_long or too_much) and limit and received > limit:
+                too_much = True
+                del buffer[trace_length:]
+            complete = line.endswith(b"\r\n")
+            if complete and not (in_long_line or too_long or too_much):
+                if len(line) > self.line_length_limit:
+                    too_long = True
+                    del buffer[trace_length:]
+                elif line.startswith(b"."):
+                    buffer += memoryview(line)[1:]
+                else:
+                    buffer += line
+            in_long_line = not complete
+        if not ended:  # the connection went away: a mail without its final dot is not stored
+            return
+        if too_long:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        elif too_much:
+            await self.push("552 Error: Too much mail data")
+        if too_long or too_much:
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = buffer
+        del buffer
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else None
+        self._set_post_data_state()
+        await self.push(status if isinstance(status, str) else "250 OK")
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command != "DATA":
