@@ -65,6 +65,8 @@ class SpoolWriter:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)
+            # Not kept while waiting for the next mail: it may hold a 25 MB message.
+            del batch
 
     async def _commit(self, batch: list[tuple[InboundMail, asyncio.Future[int]]]) -> None:
         try:
