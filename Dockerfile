@@ -1,7 +1,9 @@
 # mailbridge: slim, non-root, data in a volume.
 FROM python:3.11-slim
 
+# MALLOC_MMAP_THRESHOLD_: glibc hands freed big message buffers back (mailbridge/memory.py).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    MALLOC_MMAP_THRESHOLD_=131072 \
     MAILBRIDGE_DATA_DIR=/var/lib/mailbridge \
     MAILBRIDGE_RULES=/etc/mailbridge/rules.yaml \
     MAILBRIDGE_SMTP_LISTEN=0.0.0.0:2525 \
