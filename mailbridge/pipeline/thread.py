@@ -4,13 +4,41 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
+from mailbridge.db import UTCDateTime
 from mailbridge.escalation.vendors import case_by_vendor_ticket
 from mailbridge.outbound.outbox import OutboxMail
 from mailbridge.parse.replies import find_case_number
 from mailbridge.pipeline.context import MailContext, Outcome
 from mailbridge.tickets.models import OPEN_STATUSES, Ticket, TicketMessage
+
+# The lookups every mail runs, built once with bind parameters. Those that need only an
+# id are Core on the tables (no ORM loading, no autoflush: nothing they read is pending).
+_TICKETS = Ticket.__table__.c
+_CASE_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number"))
+_CASE_BY_MESSAGE = (
+    select(TicketMessage.__table__.c.ticket_id)
+    .where(TicketMessage.__table__.c.message_id.in_(bindparam("refs", expanding=True)))
+    .limit(1)
+)
+_CASE_BY_OUR_MAIL = (
+    select(OutboxMail.__table__.c.ticket_id)
+    .where(OutboxMail.__table__.c.message_id.in_(bindparam("refs", expanding=True)),
+           OutboxMail.__table__.c.ticket_id.is_not(None))
+    .limit(1)
+)
+_LOOK_ALIKE = (
+    select(_TICKETS.id)
+    .where(
+        _TICKETS.tenant_id == bindparam("tenant_id"),
+        _TICKETS.subject_key == bindparam("subject_key"),
+        _TICKETS.status.in_(OPEN_STATUSES),
+        _TICKETS.created_at >= bindparam("since", type_=UTCDateTime),
+    )
+    .order_by(_TICKETS.created_at.desc())
+    .limit(1)
+)
 
 
 class Thread:
@@ -24,18 +52,15 @@ class Thread:
         if number is None:
             number, by = plus_address_case(ctx), "plus-address"
         if number is not None:
-            ticket = ctx.session.scalar(select(Ticket).where(Ticket.number == number))
+            ticket = ctx.session.scalars(_CASE_BY_NUMBER, {"number": number}).first()
             if ticket is not None:
                 ctx.ticket, ctx.threaded_by = ticket, by
                 return None
         refs = [r for r in [ctx.mail.in_reply_to, *reversed(ctx.mail.references)] if r]
         if refs:
-            ticket_id = ctx.session.scalar(
-                select(TicketMessage.ticket_id).where(TicketMessage.message_id.in_(refs)).limit(1)
-            ) or ctx.session.scalar(
-                select(OutboxMail.ticket_id)
-                .where(OutboxMail.message_id.in_(refs), OutboxMail.ticket_id.is_not(None))
-                .limit(1)
+            ticket_id = (
+                ctx.session.execute(_CASE_BY_MESSAGE, {"refs": refs}).scalar()
+                or ctx.session.execute(_CASE_BY_OUR_MAIL, {"refs": refs}).scalar()
             )
             if ticket_id is not None:
                 ctx.ticket = ctx.session.get(Ticket, ticket_id)
@@ -63,18 +88,15 @@ def plus_address_case(ctx: MailContext) -> int | None:
 
 
 def find_look_alike(ctx: MailContext, subject_key: str) -> Ticket | None:
-    """An open case of the same tenant with the same normalised subject, recently opened."""
+    """An open case of the same tenant with the same normalised subject, recently opened.
+
+    Every opening asks; few find one. The question reads one column, and the case is
+    loaded only when there is one.
+    """
     if not subject_key or ctx.tenant_id is None:
         return None
     window = timedelta(hours=ctx.rules.desk.duplicate_window_hours)
-    return ctx.session.scalar(
-        select(Ticket)
-        .where(
-            Ticket.tenant_id == ctx.tenant_id,
-            Ticket.subject_key == subject_key,
-            Ticket.status.in_(OPEN_STATUSES),
-            Ticket.created_at >= ctx.now - window,
-        )
-        .order_by(Ticket.created_at.desc())
-        .limit(1)
-    )
+    ticket_id = ctx.session.execute(_LOOK_ALIKE, {
+        "tenant_id": ctx.tenant_id, "subject_key": subject_key, "since": ctx.now - window,
+    }).scalar()
+    return ctx.session.get(Ticket, ticket_id) if ticket_id is not None else None
