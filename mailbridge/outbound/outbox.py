@@ -39,6 +39,7 @@ class OutboxMail(Base):
 
 
 Index("ix_outbox_state_next", OutboxMail.state, OutboxMail.next_attempt_at)
+_INSERT_OUTBOX_MAIL = insert(OutboxMail.__table__)  # built once: one per mail
 
 
 def enqueue(
@@ -79,7 +80,7 @@ def insert_outbox_mail(
     values = _row_values(draft, kind=kind, ticket_id=ticket_id, inbound_id=inbound_id,
                          trigger_received_at=trigger_received_at, envelope_from=envelope_from,
                          templates_dir=templates_dir)
-    session.execute(insert(OutboxMail.__table__), [values])
+    session.execute(_INSERT_OUTBOX_MAIL, [values])
     return str(values["message_id"])
 
 

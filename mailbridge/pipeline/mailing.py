@@ -47,6 +47,7 @@ def _rate_limit_check(ack: bool) -> Select[Any]:
 
 
 _RATE_LIMIT_CHECK = {True: _rate_limit_check(True), False: _rate_limit_check(False)}
+_INSERT_AUTO_REPLIES = insert(AutoReply.__table__)
 
 
 def auto_reply_allowed(ctx: MailContext, address: str, kind: str) -> bool:
@@ -112,7 +113,7 @@ def queue_auto_reply(
         inbound_id=ctx.inbound.id,
         trigger_received_at=ctx.inbound.received_at,
     )
-    ctx.session.execute(insert(AutoReply.__table__),
+    ctx.session.execute(_INSERT_AUTO_REPLIES,
                         [{"address": rcpt, "kind": kind, "at": ctx.now} for rcpt in recipients])
     return True
 

@@ -19,16 +19,18 @@ _PREFIX_RE = re.compile(
 )
 
 
+# On the table, not the mapped class: no ORM session synchronisation to do; built once.
+_TAKE_CASE_NUMBER = (
+    update(Counter.__table__)
+    .where(Counter.__table__.c.name == CASE_COUNTER)
+    .values(value=Counter.__table__.c.value + 1)
+    .returning(Counter.__table__.c.value)
+)
+
+
 def next_case_number(session: Session) -> int:
     """Take the next number inside the caller's transaction (row lock on PostgreSQL)."""
-    # On the table, not the mapped class: no ORM session synchronisation to do.
-    counters = Counter.__table__.c
-    stmt = (
-        update(Counter.__table__)
-        .where(counters.name == CASE_COUNTER)
-        .values(value=counters.value + 1)
-        .returning(counters.value)
-    )
+    stmt = _TAKE_CASE_NUMBER
     value = session.execute(stmt).scalar_one_or_none()
     if value is not None:
         return int(value)
