@@ -272,10 +272,12 @@ class _ShardFilter(logging.Filter):
 def child_main() -> int:
     from mailbridge.db import Database
     from mailbridge.logs import setup_logging
+    from mailbridge.memory import tune_malloc
     from mailbridge.pipeline import Pipeline, run_pipeline_loop
     from mailbridge.rules import RulesHolder
     from mailbridge.settings import Settings
 
+    tune_malloc()
     settings = Settings(**json.loads(os.environ[_ENV_SETTINGS]))
     index, count = (int(part) for part in os.environ[_ENV_SHARD].split("/"))
     conn = Connection(int(os.environ[_ENV_FD]))
