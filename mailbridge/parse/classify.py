@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
 
+from mailbridge.parse.ahead import ahead
 from mailbridge.parse.bounces import (
     bounce_reason,
     content_type,
@@ -114,6 +115,7 @@ def _base_address(address: str) -> str:
     return f"{local.split('+', 1)[0]}@{domain}"
 
 
+@ahead
 def classify(
     message: Message,
     *,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from email.message import Message
 
+from mailbridge.parse.ahead import ahead
+
 __all__ = ["is_encrypted"]
 
 _PGP_MESSAGE = b"-----BEGIN PGP MESSAGE-----"
@@ -39,6 +41,7 @@ def _part_is_encrypted(part: Message) -> bool:
     return False
 
 
+@ahead
 def is_encrypted(message: Message) -> bool:
     """True for S/MIME enveloped data and PGP (PGP/MIME or inline); never raises."""
     try:

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
+from mailbridge.parse.ahead import ahead
+
 log = logging.getLogger(__name__)
 
 # mail-parser-reply is tried first; its header patterns cover clients we have no rule for.
@@ -345,6 +347,7 @@ def _strip_blank_edges(segment: list[str]) -> list[str]:
     return segment[start:end]
 
 
+@ahead
 def strip_quotes(text: str, *, keep_forwarded: bool = False) -> str:
     """Only the new text of a reply, without the quoted history below or around it.
 

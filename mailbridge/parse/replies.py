@@ -6,6 +6,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from mailbridge.parse.ahead import ahead
 from mailbridge.parse.quotes import signature_free, strip_quotes
 
 # Reply/forward prefixes of the clients a Spanish desk sees: RE/RV (Outlook es), Rif/R (it),
@@ -181,6 +182,7 @@ class StaffCommand:
     line: str = ""
 
 
+@ahead
 def parse_staff_commands(text: str) -> tuple[list[StaffCommand], str]:
     """Commands on lines of their own ("#estado resuelto", "#prioridad A", "#escalar hibot")
     and the text without those lines. Names are lower-cased; args keep their case."""

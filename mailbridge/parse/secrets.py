@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import re
 
+from mailbridge.parse.ahead import ahead
 from mailbridge.parse.fieldvalues import fold
 
 __all__ = ["REDACTED", "redact_secrets"]
@@ -169,6 +170,7 @@ def _find_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
+@ahead
 def redact_secrets(text: str) -> tuple[str, list[str]]:
     """Replace passwords, tokens, API keys and private keys with [REDACTADO].
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mailbridge.parse.ahead import ahead
 from mailbridge.parse.fieldvalues import (
     detect_severity,
     fold,
@@ -208,6 +209,7 @@ def _strip_leading_hint(value: str) -> tuple[str, str]:
     return value[match.end() :], match.group("hint")
 
 
+@ahead
 def extract_fields(
     text: str,
     specs: Sequence[FieldSpec],

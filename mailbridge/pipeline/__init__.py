@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import (
@@ -19,7 +19,14 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
+from mailbridge.parse.ahead import Ahead
+from mailbridge.parse.classify import classify as classify_mail
+from mailbridge.parse.encryption import is_encrypted
 from mailbridge.parse.mime import ParsedMail, parse_mail
+from mailbridge.parse.quotes import strip_quotes
+from mailbridge.parse.replies import parse_staff_commands
+from mailbridge.parse.secrets import redact_secrets
+from mailbridge.parse.template import extract_fields
 from mailbridge.pipeline.context import MailContext, Outcome
 from mailbridge.pipeline.stages import STAGES, Stage
 from mailbridge.rules import Rules
@@ -63,6 +70,37 @@ class _Parsed:
     mail: ParsedMail | None
     error: Exception | None
     size: int
+    ahead: Ahead = field(default_factory=Ahead)
+
+
+def work_ahead(ahead: Ahead, mail: ParsedMail, mail_from: str, channel: str, rules: Rules) -> None:
+    """The stages' pure text work, predicted and done before the write transaction.
+
+    Mirrors the calls of Classify, RefuseEncrypted, Redact and Validate
+    (pipeline/classify.py, pipeline/content.py) with the same arguments: a reply
+    (it has In-Reply-To/References or the case token) gets its quotes stripped
+    and, from staff, its commands read; an opening gets the encryption check and
+    its template fields read with its tenant's zone. Where the prediction is
+    wrong, the stage computes as it always did.
+    """
+    envelope_sender = mail_from.strip("<>") if channel == "smtp" else None
+    ahead.compute(classify_mail, mail.message, own_addresses=rules.own_addresses,
+                  envelope_sender=envelope_sender)
+    reply = bool(mail.in_reply_to or mail.references) or (
+        f"[{rules.desk.case_token}" in mail.subject)
+    text = mail.text
+    if reply:
+        text = ahead.compute(strip_quotes, text)
+        if rules.is_staff(mail.from_addr or mail_from.lower().strip("<>")):
+            _commands, text = ahead.compute(parse_staff_commands, text)
+        ahead.compute(redact_secrets, text)
+        return
+    ahead.compute(is_encrypted, mail.message)
+    body, _kinds = ahead.compute(redact_secrets, text)
+    tenant = rules.tenant(rules.find_tenant_id(mail.subject))
+    ahead.compute(extract_fields, body, rules.template.fields,
+                  default_zone=tenant.zone if tenant is not None else None,
+                  reference=mail.date)
 
 
 @dataclass
@@ -147,13 +185,24 @@ class Pipeline:
         the whole database, and intake is waiting for it); None if not waiting."""
         with self.db.reader() as session:
             raw = pending_raw(session, inbound_id)
-        if raw is None:
+            envelope = session.execute(
+                select(InboundMail.mail_from, InboundMail.channel)
+                .where(InboundMail.id == inbound_id)
+            ).first()
+        if raw is None or envelope is None:
             return None
         size = len(raw)
         try:
-            return _Parsed(inbound_id, parse_mail(raw), None, size)
+            mail = parse_mail(raw)
         except Exception as exc:  # parse_mail never raises; if it does, keep the mail
             return _Parsed(inbound_id, None, exc, size)
+        del raw
+        parsed = _Parsed(inbound_id, mail, None, size)
+        try:
+            work_ahead(parsed.ahead, mail, envelope[0], envelope[1], self.rules())
+        except Exception:  # the stage will meet it again, and quarantine with its name
+            parsed.ahead = Ahead()
+        return parsed
 
     def _apply(self, session: Session, parsed: _Parsed) -> _Done | None:
         """The stages for one mail in the caller's transaction; None if not claimable."""
@@ -167,7 +216,6 @@ class Pipeline:
                 raise parsed.error
             mail = parsed.mail
             assert mail is not None
-            inbound.message_id = mail.message_id[:998] if mail.message_id else None
             ctx = MailContext(
                 session=session,
                 inbound=inbound,
@@ -177,16 +225,20 @@ class Pipeline:
                 now=utcnow(),
             )
             outcome = Outcome("done")
-            for stage in self.stages:
-                stage_name = stage.name
-                decided = stage.run(ctx)
-                if decided is not None:
-                    outcome = decided
-                    break
+            with parsed.ahead.active():
+                for stage in self.stages:
+                    stage_name = stage.name
+                    decided = stage.run(ctx)
+                    if decided is not None:
+                        outcome = decided
+                        break
         except (*TRANSIENT_DB_ERRORS, IntegrityError):
             raise
         except Exception as exc:
             raise StageError(stage_name, exc) from exc
+        # Set with the outcome: one UPDATE of the row at the end (a change made before
+        # the stages would be flushed by their first query: a second UPDATE).
+        inbound.message_id = mail.message_id[:998] if mail.message_id else None
         inbound.state = STATE_DONE
         inbound.outcome = outcome.name[:64]
         inbound.processed_at = utcnow()
