@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class StageError(Exception):
 # A batch stops growing at this many bytes of raw mail: parsed mails wait in memory
 # for the batch's transaction, so a big one goes alone.
 BATCH_BYTES = 2 * 1024 * 1024
+# …and commits once it has held the write lock this long (seconds): intake waits for it.
+BATCH_HOLD = 0.010
 
 
 @dataclass
@@ -289,12 +292,17 @@ class Pipeline:
         rolls the whole batch back and propagates: every mail stays queued.
         """
         parsed = [p for p in map(self._read_and_parse, inbound_ids) if p is not None]
-        done: list[tuple[_Parsed, _Done | None]] = []
+        results: list[ProcessResult] = []
         failed: list[tuple[int, StageError]] = []
         retry: list[int] = []
-        if parsed:
+        while parsed:
+            done: list[tuple[_Parsed, _Done | None]] = []
             with self.db.transaction() as session:
-                for item in parsed:
+                # Intake waits for this lock before it may answer 250: a batch ends
+                # once it has held the lock for BATCH_HOLD, the rest goes next.
+                started = time.monotonic()
+                while parsed and (not done or time.monotonic() - started < BATCH_HOLD):
+                    item = parsed.pop(0)
                     savepoint = session.begin_nested()
                     try:
                         outcome = self._apply(session, item)
@@ -308,7 +316,7 @@ class Pipeline:
                         continue
                     savepoint.commit()
                     done.append((item, outcome))
-        results = [r for r in (self._finished(p, d) for p, d in done) if r is not None]
+            results += [r for r in (self._finished(p, d) for p, d in done) if r is not None]
         results += [self._quarantined(inbound_id, exc) for inbound_id, exc in failed]
         for inbound_id in retry:
             log.info("write conflict in a batch; retrying alone", extra={"inbound_id": inbound_id})
