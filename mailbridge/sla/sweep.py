@@ -4,15 +4,21 @@ Every sweep is idempotent and claims its work with a database-side guard (an UPD
 WHERE still requires the old state, or a `case_actions` row with a unique key), so running
 it twice, late, or in two daemons at once does each thing once. After downtime one run
 catches up: every rule is "due by now", not "due at this exact tick".
+
+A sweep runs every minute beside the pipeline, and on SQLite a write transaction holds the
+one write lock: the sweeps here look for their work in read transactions, only at cases
+that can be due (a WHERE on the instants), in chunks, and take the write lock only for
+the cases that change, a chunk at a time.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbridge import metrics
@@ -21,13 +27,30 @@ from mailbridge.outbound.outbox import OutboxMail
 from mailbridge.rules import Rules
 from mailbridge.sla.calendars import require_aware
 from mailbridge.sla.closing import sweep_closing
-from mailbridge.sla.escalation import sweep_escalations
-from mailbridge.tickets.models import STATUS_CLOSED, STATUS_RESOLVED, Ticket, TicketEvent
+from mailbridge.sla.config import EscalationConfig
+from mailbridge.sla.escalation import (
+    ACTION_ESCALATION,
+    ESCALATABLE_STATUSES,
+    automatic_decision,
+    escalate,
+    next_seq,
+)
+from mailbridge.tickets.models import (
+    STATUS_CLOSED,
+    STATUS_RESOLVED,
+    CaseAction,
+    Ticket,
+    TicketEvent,
+    TicketMessage,
+)
 
 log = logging.getLogger(__name__)
 
 SWEEP_KINDS = ("acks", "response", "escalation", "closing", "vendors")
 _ACTIVE = ~Ticket.status.in_((STATUS_RESOLVED, STATUS_CLOSED))
+# Cases read per query, and changed per write transaction: a sweep after a long outage
+# (thousands due) never holds SQLite's write lock for long at a stretch.
+CHUNK = 100
 
 
 @dataclass
@@ -67,68 +90,80 @@ def count_overdue_acks(session: Session, now: datetime) -> int:
     ) or 0
 
 
-def watch_acks(db: Database, now: datetime) -> int:
+def watch_acks(db: Database, now: datetime, chunk: int = CHUNK) -> int:
     """Log and count, once per case, every acknowledgement that missed its deadline."""
-    with db.transaction() as session:
-        candidates = session.execute(
-            select(Ticket.id, Ticket.number, Ticket.ack_due_at, Ticket.acked_at).where(
-                Ticket.ack_late_at.is_(None), _ack_overdue(now)
-            )
-        ).all()
-        told = 0
-        for ticket_id, number, due, sent in candidates:
+    late = and_(Ticket.ack_late_at.is_(None), _ack_overdue(now))
+    with db.reader() as session:
+        candidates = session.scalars(select(Ticket.id).where(late).order_by(Ticket.id)).all()
+    told = 0
+    for start in range(0, len(candidates), chunk):
+        with db.transaction() as session:
+            # The WHERE is the guard (another worker told it) and reads the cases again
+            # under the write lock: an ack may have left since the read.
             claimed = session.execute(
                 update(Ticket)
-                .where(Ticket.id == ticket_id, Ticket.ack_late_at.is_(None))
+                .where(Ticket.id.in_(candidates[start:start + chunk]), late)
                 .values(ack_late_at=now)
+                .returning(Ticket.id, Ticket.number, Ticket.ack_due_at, Ticket.acked_at)
                 .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                continue  # another worker told it
-            told += 1
-            data = {"due_at": due.isoformat(), "sent_at": sent.isoformat() if sent else None}
-            session.add(TicketEvent(ticket_id=ticket_id, kind="ack_late", at=now, data=data))
-            metrics.ACKS_LATE_TOTAL.inc()
-            log.warning(
-                "acknowledgement overdue" if sent is None else "acknowledgement sent late",
-                extra={"case": number, **data},
-            )
+            ).all()
+            claimed.sort(key=lambda row: row[0])
+            told += len(claimed)
+            rows = []
+            for ticket_id, number, due, sent in claimed:
+                data = {"due_at": due.isoformat(), "sent_at": sent.isoformat() if sent else None}
+                rows.append({"ticket_id": ticket_id, "kind": "ack_late", "at": now, "data": data})
+                metrics.ACKS_LATE_TOTAL.inc()
+                log.warning(
+                    "acknowledgement overdue" if sent is None else "acknowledgement sent late",
+                    extra={"case": number, **data},
+                )
+            if rows:
+                session.execute(insert(TicketEvent.__table__), rows)
+    with db.reader() as session:
         metrics.ACKS_LATE.set(count_overdue_acks(session, now))
     return told
 
 
-def watch_responses(db: Database, now: datetime) -> int:
+def watch_responses(db: Database, now: datetime, chunk: int = CHUNK) -> int:
     """Record, log and count once every case whose first response missed its target."""
-    with db.transaction() as session:
-        candidates = session.execute(
-            select(Ticket.id, Ticket.number, Ticket.severity, Ticket.response_due_at,
-                   Ticket.first_response_at).where(
-                Ticket.response_due_at.is_not(None),
-                Ticket.response_breached_at.is_(None),
-                or_(
-                    and_(Ticket.first_response_at.is_(None), Ticket.response_due_at < now,
-                         Ticket.status != STATUS_CLOSED),
-                    Ticket.first_response_at > Ticket.response_due_at,
-                ),
-            )
-        ).all()
-        told = 0
-        for ticket_id, number, severity, due, answered in candidates:
+    missed = and_(
+        Ticket.response_due_at.is_not(None),
+        Ticket.response_breached_at.is_(None),
+        or_(
+            and_(Ticket.first_response_at.is_(None), Ticket.response_due_at < now,
+                 Ticket.status != STATUS_CLOSED),
+            Ticket.first_response_at > Ticket.response_due_at,
+        ),
+    )
+    with db.reader() as session:
+        candidates = session.scalars(select(Ticket.id).where(missed).order_by(Ticket.id)).all()
+    told = 0
+    for start in range(0, len(candidates), chunk):
+        with db.transaction() as session:
+            # The guard: a case another worker told, or answered meanwhile, is left out.
             claimed = session.execute(
                 update(Ticket)
-                .where(Ticket.id == ticket_id, Ticket.response_breached_at.is_(None))
-                .values(response_breached_at=due)
+                .where(Ticket.id.in_(candidates[start:start + chunk]), missed)
+                .values(response_breached_at=Ticket.response_due_at)
+                .returning(Ticket.id, Ticket.number, Ticket.severity, Ticket.response_due_at,
+                           Ticket.first_response_at)
                 .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                continue
-            told += 1
-            data = {"severity": severity, "due_at": due.isoformat(),
-                    "answered_at": answered.isoformat() if answered else None}
-            session.add(TicketEvent(ticket_id=ticket_id, kind="sla_breached", at=now, data=data))
-            metrics.SLA_BREACHES.labels(severity=severity).inc()
-            log.warning("response target missed", extra={"case": number, **data})
-        waiting = and_(_ACTIVE, Ticket.first_response_at.is_(None))
+            ).all()
+            claimed.sort(key=lambda row: row[0])
+            told += len(claimed)
+            rows = []
+            for ticket_id, number, severity, due, answered in claimed:
+                data = {"severity": severity, "due_at": due.isoformat(),
+                        "answered_at": answered.isoformat() if answered else None}
+                rows.append({"ticket_id": ticket_id, "kind": "sla_breached", "at": now,
+                             "data": data})
+                metrics.SLA_BREACHES.labels(severity=severity).inc()
+                log.warning("response target missed", extra={"case": number, **data})
+            if rows:
+                session.execute(insert(TicketEvent.__table__), rows)
+    waiting = and_(_ACTIVE, Ticket.first_response_at.is_(None))
+    with db.reader() as session:
         metrics.SLA_BREACHED_OPEN.set(session.scalar(
             select(func.count(Ticket.id)).where(waiting, Ticket.response_due_at < now)
         ) or 0)
@@ -138,6 +173,95 @@ def watch_responses(db: Database, now: datetime) -> int:
             )
         ) or 0)
     return told
+
+
+def _shortest_stale_windows(cfg: EscalationConfig) -> dict[timedelta, list[str]]:
+    """The automatic severities grouped by the least time without a desk update, and since
+    the case's last escalation, before the sweep may escalate it (`automatic_decision`).
+
+    High: `high_stale_after`, exactly. Medium: `medium_stale_business_days` business days
+    are as many whole days in the tenant's zone, at least; one day less covers any DST
+    change. Low priority is never escalated.
+    """
+    windows: dict[timedelta, list[str]] = {}
+    for severity in cfg.automatic_severities:
+        if severity in cfg.high_severities:
+            window = cfg.high_stale_after
+        elif severity in cfg.medium_severities:
+            window = timedelta(days=max(cfg.medium_stale_business_days - 1, 0))
+        else:
+            continue
+        windows.setdefault(window, []).append(severity)
+    return windows
+
+
+def escalation_candidates(
+    session: Session, rules: Rules, now: datetime, *, after: int = 0, limit: int = CHUNK
+) -> Sequence[int]:
+    """Ids (above `after`, ascending, at most `limit`) of the open cases that can be due
+    for an automatic escalation at `now`; `automatic_decision` decides about each.
+
+    A case can be due only when neither its opening, a desk update (a staff message) nor
+    its last escalation is more recent than its stale window: the escalation's clock runs
+    from the later of them (escalation times grow with their sequence, the clock does
+    not go back). Cases updated or escalated recently are not read at all.
+    """
+    messages, actions = TicketMessage.__table__.c, CaseAction.__table__.c
+    due = []
+    for window, severities in _shortest_stale_windows(rules.escalation).items():
+        since = now - window
+        due.append(and_(
+            Ticket.severity.in_(severities),
+            Ticket.created_at <= since,
+            ~exists().where(messages.ticket_id == Ticket.id, messages.author_role == "staff",
+                            messages.direction == "in", messages.created_at > since),
+            ~exists().where(actions.ticket_id == Ticket.id, actions.kind == ACTION_ESCALATION,
+                            actions.at > since),
+        ))
+    if not due:
+        return []
+    return session.scalars(
+        select(Ticket.id)
+        .where(Ticket.status.in_(ESCALATABLE_STATUSES), Ticket.id > after, or_(*due))
+        .order_by(Ticket.id)
+        .limit(limit)
+    ).all()
+
+
+def sweep_due_escalations(db: Database, rules: Rules, now: datetime, chunk: int = CHUNK) -> int:
+    """Escalate every case due for an automatic escalation at `now`; returns how many.
+
+    The cases that can be due are read a chunk at a time and decided in a read
+    transaction; each one due is escalated in its own write transaction, where the
+    sequence number is read first and the decision made again (`next_seq`).
+    """
+    done = 0
+    after = 0
+    while True:
+        with db.reader() as session:
+            ids = escalation_candidates(session, rules, now, after=after, limit=chunk)
+            tickets = session.scalars(select(Ticket).where(Ticket.id.in_(ids))).all()
+            due = sorted(
+                ticket.id for ticket in tickets
+                if automatic_decision(session, rules, ticket, rules.tenant(ticket.tenant_id),
+                                      now) is not None
+            )
+        for ticket_id in due:
+            with db.transaction() as session:
+                ticket = session.get(Ticket, ticket_id)
+                if ticket is None:
+                    continue
+                seq = next_seq(session, ticket.id, ACTION_ESCALATION)  # first: see next_seq
+                tenant = rules.tenant(ticket.tenant_id)
+                decision = automatic_decision(session, rules, ticket, tenant, now)
+                if decision is None:
+                    continue
+                if escalate(session, rules, ticket, tenant, decision, now=now,
+                            trigger="automatic", seq=seq) is not None:
+                    done += 1
+        if len(ids) < chunk:
+            return done
+        after = ids[-1]
 
 
 def run_sweep(kind: str, db: Database, rules: Rules, now: datetime) -> SweepResult:
@@ -150,7 +274,7 @@ def run_sweep(kind: str, db: Database, rules: Rules, now: datetime) -> SweepResu
         elif kind == "response":
             result.done["breached"] = watch_responses(db, now)
         elif kind == "escalation":
-            result.done["escalated"] = sweep_escalations(db, rules, now)
+            result.done["escalated"] = sweep_due_escalations(db, rules, now)
         elif kind == "closing":
             result.done["attempts"], result.done["closed"] = sweep_closing(db, rules, now)
         elif kind == "vendors":
