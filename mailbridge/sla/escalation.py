@@ -21,7 +21,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbridge import metrics
-from mailbridge.db import Database
 from mailbridge.parse.fieldvalues import fold
 from mailbridge.rules import Rules, Tenant
 from mailbridge.sla.calendars import BusinessCalendar
@@ -269,34 +268,6 @@ def automatic_decision(
         if now < next_automatic_from(history.last_at, ticket.severity, cfg, calendar):
             return None
     return decision
-
-
-def sweep_escalations(db: Database, rules: Rules, now: datetime) -> int:
-    """Escalate every case due for an automatic escalation at `now`; returns how many."""
-    cfg = rules.escalation
-    with db.reader() as session:
-        ids = session.scalars(
-            select(Ticket.id).where(
-                Ticket.status.in_(ESCALATABLE_STATUSES),
-                Ticket.severity.in_(cfg.automatic_severities),
-                Ticket.created_at <= now,
-            )
-        ).all()
-    done = 0
-    for ticket_id in ids:
-        with db.transaction() as session:
-            ticket = session.get(Ticket, ticket_id)
-            if ticket is None:
-                continue
-            seq = next_seq(session, ticket.id, ACTION_ESCALATION)  # first: see next_seq
-            tenant = rules.tenant(ticket.tenant_id)
-            decision = automatic_decision(session, rules, ticket, tenant, now)
-            if decision is None:
-                continue
-            if escalate(session, rules, ticket, tenant, decision, now=now,
-                        trigger="automatic", seq=seq) is not None:
-                done += 1
-    return done
 
 
 # -- a customer asks ------------------------------------------------------------------------

@@ -41,13 +41,18 @@ TIME_LIMIT = 90.0
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing(make_daemon, tmp_path) -> None:
+@pytest.mark.parametrize("pipeline_processes", ["0", "2"], ids=["pipeline-thread",
+                                                               "pipeline-processes"])
+def test_sigkill_at_random_moments_loses_nothing(make_daemon, tmp_path,
+                                                 pipeline_processes: str) -> None:
+    """With the pipeline as a thread, and in two child processes (they die with the parent)."""
     with contextlib.ExitStack() as stack:
         imap = stack.enter_context(DovecotServer()) if dovecot_binary() else None
-        run_harness(make_daemon, tmp_path, imap)
+        run_harness(make_daemon, tmp_path, imap, pipeline_processes)
 
 
-def run_harness(make_daemon, tmp_path, imap: DovecotServer | None) -> None:  # type: ignore[no-untyped-def]
+def run_harness(make_daemon, tmp_path, imap: DovecotServer | None,  # type: ignore[no-untyped-def]
+                pipeline_processes: str = "0") -> None:
     rng = random.Random(SEED)
     sink = SmtpSink().start()
     extra = {}
@@ -59,7 +64,8 @@ def run_harness(make_daemon, tmp_path, imap: DovecotServer | None) -> None:  # t
             "poll_interval": 0.5}])
     daemon = make_daemon(
         relay_port=sink.port, rules=str(hostile_rules(tmp_path / "rules")),
-        worker_poll_interval="0.2", outbox_retry_base="0.1", outbox_retry_max="0.5", **extra,
+        worker_poll_interval="0.2", outbox_retry_base="0.1", outbox_retry_max="0.5",
+        pipeline_processes=pipeline_processes, **extra,
     )
     if imap is not None:
         daemon.env["TEST_IMAP_PASSWORD"] = imap.password
