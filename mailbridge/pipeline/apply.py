@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from mailbridge import metrics
 from mailbridge.parse.replies import normalise_subject
 from mailbridge.pipeline.commands import apply_commands, command_help
 from mailbridge.pipeline.context import ROLE_CUSTOMER, ROLE_STAFF, MailContext, Outcome
@@ -96,7 +95,7 @@ class Apply:
                 "secret_kinds": ctx.secret_kinds,
             },
         )
-        metrics.TICKETS_CREATED.labels(priority=priority).inc()
+        ctx.opened_case = True  # counted in mailbridge_tickets_created_total once committed
         return Outcome("ticket", f"case {ticket.number}")
 
     def _link_look_alike(self, ctx: MailContext, ticket: Ticket) -> Outcome:

@@ -34,6 +34,7 @@ class MailContext:
     # Decisions, filled in stage order.
     classification: Classification | None = None
     ticket: Ticket | None = None
+    opened_case: bool = False  # this mail opened ctx.ticket (counted once committed)
     threaded_by: str | None = None
     support_address: SupportAddress | None = None
     tenant_id: str | None = None
