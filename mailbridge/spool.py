@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -182,22 +183,35 @@ def pending_raw(session: Session, inbound_id: int) -> bytes | None:
     SQLite through a blob handle, straight into the bytes returned (a selected
     value is first assembled in SQLite's own buffer: one more copy of the mail).
     """
+    found = pending_mail(session, inbound_id)
+    return found[0] if found is not None else None
+
+
+def pending_mail(session: Session, inbound_id: int) -> tuple[bytes, str, str] | None:
+    """(message, MAIL FROM, channel) of a mail still waiting (state `new`), else None.
+
+    The message is read as `pending_raw` says; the envelope is what the pipeline
+    needs before its transaction.
+    """
+    envelope = session.execute(
+        select(InboundMail.mail_from, InboundMail.channel)
+        .where(InboundMail.id == inbound_id, InboundMail.state == STATE_NEW)
+    ).first()
+    if envelope is None:
+        return None
     if session.get_bind().dialect.name == "sqlite":
-        waiting = select(InboundRaw.inbound_id).join(
-            InboundMail, InboundMail.id == InboundRaw.inbound_id
-        ).where(InboundRaw.inbound_id == inbound_id, InboundMail.state == STATE_NEW)
-        if session.scalar(waiting) is None:
-            return None
         connection = session.connection().connection.driver_connection
-        with connection.blobopen("inbound_raw", "raw", inbound_id, readonly=True) as blob:
-            return blob.read()  # type: ignore[no-any-return]
-    stmt = (
-        select(InboundRaw.raw)
-        .join(InboundMail, InboundMail.id == InboundRaw.inbound_id)
-        .where(InboundRaw.inbound_id == inbound_id, InboundMail.state == STATE_NEW)
-    )
-    raw = session.scalar(stmt)
-    return bytes(raw) if raw is not None and not isinstance(raw, bytes) else raw
+        try:
+            with connection.blobopen("inbound_raw", "raw", inbound_id, readonly=True) as blob:
+                raw: bytes | None = blob.read()
+        except sqlite3.OperationalError:  # no such row: nothing to read
+            return None
+    else:
+        value = session.scalar(select(InboundRaw.raw).where(InboundRaw.inbound_id == inbound_id))
+        raw = bytes(value) if value is not None and not isinstance(value, bytes) else value
+    if raw is None:
+        return None
+    return raw, envelope[0], envelope[1]
 
 
 def claim(session: Session, inbound_id: int) -> InboundMail | None:

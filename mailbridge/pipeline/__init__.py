@@ -38,7 +38,7 @@ from mailbridge.spool import (
     InboundMail,
     claim,
     next_pending_ids,
-    pending_raw,
+    pending_mail,
     quarantine,
 )
 from mailbridge.workers import BackgroundLoop
@@ -184,17 +184,18 @@ class Pipeline:
             return self._quarantined(inbound_id, exc)
         return self._finished(parsed, done)
 
-    def _read_and_parse(self, inbound_id: int) -> _Parsed | None:
+    def _read_and_parse(self, inbound_id: int, session: Session | None = None) -> _Parsed | None:
         """Read and parse outside the write transaction (on SQLite the write lock is
         the whole database, and intake is waiting for it); None if not waiting."""
-        with self.db.reader() as session:
-            raw = pending_raw(session, inbound_id)
-            envelope = session.execute(
-                select(InboundMail.mail_from, InboundMail.channel)
-                .where(InboundMail.id == inbound_id)
-            ).first()
-        if raw is None or envelope is None:
+        if session is None:
+            with self.db.reader() as session:
+                found = pending_mail(session, inbound_id)
+        else:
+            found = pending_mail(session, inbound_id)
+        if found is None:
             return None
+        raw, mail_from, channel = found
+        del found
         size = len(raw)
         try:
             mail = parse_mail(raw)
@@ -203,7 +204,7 @@ class Pipeline:
         del raw
         parsed = _Parsed(inbound_id, mail, None, size)
         try:
-            work_ahead(parsed.ahead, mail, envelope[0], envelope[1], self.rules())
+            work_ahead(parsed.ahead, mail, mail_from, channel, self.rules())
         except Exception:  # the stage will meet it again, and quarantine with its name
             parsed.ahead = Ahead()
         return parsed
@@ -297,7 +298,9 @@ class Pipeline:
         savepoint per mail (0.16 ms each, under the lock). Database trouble
         propagates: every mail stays queued.
         """
-        parsed = [p for p in map(self._read_and_parse, inbound_ids) if p is not None]
+        with self.db.reader() as reader:  # one read transaction for the batch
+            parsed = [p for p in (self._read_and_parse(i, reader) for i in inbound_ids)
+                      if p is not None]
         results: list[ProcessResult] = []
         while parsed:
             done: list[tuple[_Parsed, _Done | None]] = []
