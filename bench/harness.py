@@ -538,6 +538,7 @@ class Profiler:
             raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
         self.proc = subprocess.Popen(
             [binary, "record", "--pid", str(self.pid), "--nonblocking", "--threads",
+             "--subprocesses",  # the pipeline processes, when the daemon has them
              "--full-filenames", *(["--gil"] if self.gil else []),
              "--rate", str(self.rate), "--format", "raw", "--output", str(self.out)],
             stdout=subprocess.DEVNULL, stderr=open(self.out.with_suffix(".log"), "wb"),
