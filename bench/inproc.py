@@ -37,21 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", action="store_true",
                         help="on a private PostgreSQL (durable commits) instead of SQLite")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(args.tree).resolve()))
-    sys.path.insert(1, str(REPO / "bench"))
-    args.server = None
-    if args.postgres:
-        from workers import start_postgres
+    from repeat import report_best
 
-        args.server = start_postgres(Path(args.tree).resolve(), durable=True)
-    try:
-        results = [run(args) for _ in range(args.repeat)]
-    finally:
-        if args.server is not None:
-            args.server.stop()
-    best = min(results, key=lambda r: r["pipeline_cpu_ms_per_mail"])
-    sys.stdout.write(json.dumps(best, indent=2) + "\n")
-    return 0
+    return report_best(args, run, "pipeline_cpu_ms_per_mail")
 
 
 def run(args: argparse.Namespace) -> dict[str, float | int | str]:

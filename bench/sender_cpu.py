@@ -17,60 +17,15 @@ around the sender's calls is counted: neither the sink's work nor the queueing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Sink:
-    """A bare aiosmtpd server on 127.0.0.1 that counts what it receives."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.count += 1
-        return "250 OK"
-
-    def start(self) -> Sink:
-        from aiosmtpd.smtp import SMTP
-
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            server = loop.run_until_complete(loop.create_server(
-                lambda: SMTP(self, hostname="sink.example"), host="127.0.0.1", port=0))
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            loop.run_forever()
-            server.close()
-            loop.run_until_complete(server.wait_closed())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="bench-sink", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("sink did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,21 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", action="store_true",
                         help="on a private PostgreSQL (durable commits) instead of SQLite")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(args.tree).resolve()))
-    sys.path.insert(1, str(REPO / "bench"))
-    args.server = None
-    if args.postgres:
-        from workers import start_postgres
+    from repeat import report_best
 
-        args.server = start_postgres(Path(args.tree).resolve(), durable=True)
-    try:
-        results = [run(args) for _ in range(args.repeat)]
-    finally:
-        if args.server is not None:
-            args.server.stop()
-    best = min(results, key=lambda r: r["sender_cpu_ms_per_mail"])
-    sys.stdout.write(json.dumps(best, indent=2) + "\n")
-    return 0
+    return report_best(args, run, "sender_cpu_ms_per_mail")
 
 
 def make_cases(db: Any, count: int) -> list[dict[str, Any]]:
@@ -167,7 +110,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mailbridge.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="mailbridge-sender-"))
-    sink = Sink().start()
+    from tests.support.sink import SmtpSink  # the tests' relay sink, in a thread here
+
+    sink = SmtpSink().start()
     try:
         if args.server is not None:
             url = args.server.create_database()
@@ -214,8 +159,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             acked = session.execute(text(
                 "SELECT count(*) FROM tickets WHERE acked_at IS NOT NULL")).scalar_one()
         db.dispose()
-        if sent != args.mails or sink.count != args.mails or acked != args.mails:
-            raise RuntimeError(f"sent {sent}, sink {sink.count}, acked {acked}, {states}")
+        if sent != args.mails or len(sink.received) != args.mails or acked != args.mails:
+            raise RuntimeError(f"sent {sent}, sink {len(sink.received)}, acked {acked}, {states}")
         return {
             "backend": "postgresql" if args.server is not None else "sqlite",
             "mails": sent,
