@@ -406,6 +406,7 @@ def run_pipeline_loop(
         if stopping() and not results:
             return
         if results and not backoff:
+            wait(0)  # no pause, but what came meanwhile is read (a reload, a stop)
             continue
         wait(backoff or poll_interval)
 
