@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -71,13 +74,18 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _busy_timeout(url: str) -> float:
+    """How long a SQLite writer waits for the lock: 30 s, or `?timeout=S` in the URL."""
+    return float(make_url(url).query.get("timeout", 30))  # type: ignore[arg-type]
+
+
 def make_engine(url: str, *, echo: bool = False, immediate: bool = True) -> Engine:
     """An engine for `url`; on SQLite, `immediate` makes every transaction a writer."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        busy = float(make_url(url).query.get("timeout", 30))  # type: ignore[arg-type]
+        busy = _busy_timeout(url)
         engine = create_engine(
             url, echo=echo, connect_args={"check_same_thread": False, "timeout": busy}
         )
@@ -124,13 +132,16 @@ class WriteLock:
     SQLite's busy handler polls with sleeps of up to 100 ms, which under load
     starves whoever is unlucky (measured in bench/). Writers of one process
     queue on the thread lock; writers in other processes (pipeline processes,
-    the CLI beside a running daemon) queue on `flock`, which the kernel hands
-    over at once. Re-entrant within a thread, like the RLock it wraps.
+    the CLI beside a running daemon) on `flock`, polled every 0.1–2 ms. Both
+    give up after the busy timeout with SQLite's "database is locked".
+    Re-entrant within a thread, like the RLock it wraps.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, timeout: float = 30.0) -> None:
         self._thread_lock = threading.RLock()
         self._path = path
+        # As long as SQLite's busy timeout: then "database is locked", as before.
+        self.timeout = timeout
         self._fd: int | None = None
         self._pid = 0
         self._depth = 0
@@ -146,16 +157,38 @@ class WriteLock:
         return self._fd
 
     def __enter__(self) -> None:
-        self._thread_lock.acquire()
+        deadline = time.monotonic() + self.timeout
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise _locked("another thread of this process holds the write lock")
         if self._depth == 0:
             try:
                 fd = self._file()
                 if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    self._flock(fd, deadline)
             except BaseException:
                 self._thread_lock.release()
                 raise
         self._depth += 1
+
+    @staticmethod
+    def _flock(fd: int, deadline: float) -> None:
+        """Take the file lock, waiting at most until `deadline`.
+
+        flock cannot time out, so a busy lock is polled; the wait between tries grows
+        from 0.1 to 2 ms (SQLite's own handler sleeps up to 100 ms). A writer stuck
+        holding it then costs the others a `database is locked` after the busy
+        timeout (intake answers 451), never a hang.
+        """
+        delay = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _locked("another process holds the write lock") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
 
     def close(self) -> None:
         with self._thread_lock:
@@ -171,6 +204,12 @@ class WriteLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+
+def _locked(why: str) -> OperationalError:
+    """What SQLite says when its busy timeout ends: a transient error to every caller."""
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
+        f"database is locked ({why})"))
 
 
 def _sqlite_lock_path(url: str) -> Path | None:
@@ -189,7 +228,8 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._writer_lock: WriteLock | contextlib.nullcontext[None] = (
-            WriteLock(_sqlite_lock_path(url)) if self.is_sqlite else contextlib.nullcontext()
+            WriteLock(_sqlite_lock_path(url), _busy_timeout(url)) if self.is_sqlite
+            else contextlib.nullcontext()
         )
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

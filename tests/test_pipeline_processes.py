@@ -137,3 +137,42 @@ def _renamed_desk(text: str) -> str:
     data = yaml.safe_load(text)
     data["desk"]["from_name"] = "Mesa de Ayuda Pruebas"
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def test_a_writer_stuck_in_another_process_costs_a_locked_error_not_a_hang(tmp_path) -> None:
+    """The cross-process write lock gives up after the busy timeout, like SQLite."""
+    import subprocess
+    import sys
+
+    from sqlalchemy.exc import OperationalError
+
+    from mailbridge.db import Database
+    from mailbridge.schema import upgrade
+
+    url = f"sqlite:///{tmp_path / 'mailbridge.db'}?timeout=0.5"
+    upgrade(url)
+    lock_file = tmp_path / "mailbridge.db.writelock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock_file)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        db = Database(url)
+        started = time.monotonic()
+        try:
+            with db.transaction():
+                raise AssertionError("the lock was taken while another process held it")
+        except OperationalError as exc:
+            assert "database is locked" in str(exc)
+        waited = time.monotonic() - started
+        assert 0.5 <= waited < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the holder is gone the lock is free again.
+    with db.transaction():
+        pass
+    db.dispose()
