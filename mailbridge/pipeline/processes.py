@@ -227,16 +227,23 @@ class PipelineProcesses:
                     log.error("pipeline process exited with an error",
                               extra={"pid": process.pid, "index": child.index, "code": code})
                 return
-            # A child that lived long was not failing at start: restart it at once.
+            # A child that lived a while was not failing at start: the backoff starts over.
             if time.monotonic() - child.started_at > 60:
                 backoff = 1.0
             log.error("pipeline process died; restarting",
                       extra={"pid": process.pid, "index": child.index, "code": code,
                              "restart_in": backoff})
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(RESTART_BACKOFF_MAX, backoff * 2)
-            self._spawn(child)
+            while True:
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(RESTART_BACKOFF_MAX, backoff * 2)
+                try:
+                    self._spawn(child)
+                    break
+                except OSError as exc:  # no memory, no process slots: try again later
+                    log.error("pipeline process could not start",
+                              extra={"index": child.index, "error": str(exc),
+                                     "restart_in": backoff})
             self._wake.set()
 
     def _handle(self, report: dict[str, Any]) -> None:
