@@ -187,11 +187,16 @@ class PipelineProcesses:
         env[_ENV_SHARD] = f"{child.index}/{self.count}"
         env[_ENV_FD] = str(child_end.fileno())
         env[_ENV_PARENT] = str(os.getpid())
-        child.process = subprocess.Popen(
-            [sys.executable, "-m", "mailbridge.pipeline.processes"],
-            env=env, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
-        )
-        child_end.close()
+        try:
+            child.process = subprocess.Popen(
+                [sys.executable, "-m", "mailbridge.pipeline.processes"],
+                env=env, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
         child.conn = Connection(parent_end.detach())
         child.started_at = time.monotonic()
         log.info("pipeline process started",
