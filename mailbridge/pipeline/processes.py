@@ -183,7 +183,8 @@ class PipelineProcesses:
     def _spawn(self, child: _Child) -> None:
         parent_end, child_end = socket.socketpair()
         env = dict(os.environ)
-        env[_ENV_SETTINGS] = self.settings.model_dump_json()
+        # The pipeline sends nothing itself: the relay's password stays with the parent.
+        env[_ENV_SETTINGS] = self.settings.model_dump_json(exclude={"relay_password"})
         env[_ENV_SHARD] = f"{child.index}/{self.count}"
         env[_ENV_FD] = str(child_end.fileno())
         env[_ENV_PARENT] = str(os.getpid())
