@@ -182,7 +182,7 @@ class PipelineProcesses:
     # -- internals ---------------------------------------------------------------
     def _spawn(self, child: _Child) -> None:
         parent_end, child_end = socket.socketpair()
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k != "MAILBRIDGE_RELAY_PASSWORD"}
         # The pipeline sends nothing itself: the relay's password stays with the parent.
         env[_ENV_SETTINGS] = self.settings.model_dump_json(exclude={"relay_password"})
         env[_ENV_SHARD] = f"{child.index}/{self.count}"
