@@ -14,9 +14,10 @@ the cases that change, a chunk at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -90,36 +91,59 @@ def count_overdue_acks(session: Session, now: datetime) -> int:
     ) or 0
 
 
-def watch_acks(db: Database, now: datetime, chunk: int = CHUNK) -> int:
-    """Log and count, once per case, every acknowledgement that missed its deadline."""
-    late = and_(Ticket.ack_late_at.is_(None), _ack_overdue(now))
+def _claim_in_chunks(
+    db: Database,
+    condition: ColumnElement[bool],
+    values: dict[str, Any],
+    returning: Sequence[Any],
+    chunk: int,
+    record: Callable[[Any], dict[str, Any]],
+) -> int:
+    """Mark the cases matching `condition` with `values`, once, `chunk` at a time.
+
+    The candidates are found in a read; each chunk is claimed by one UPDATE whose
+    WHERE repeats `condition`, so it reads the cases again under the write lock (a
+    case another worker marked, or that changed since the read, is left out).
+    `record(row)` gives, per claimed row (id first), the data of its event, which is
+    written in the same transaction. Returns how many were claimed.
+    """
     with db.reader() as session:
-        candidates = session.scalars(select(Ticket.id).where(late).order_by(Ticket.id)).all()
-    told = 0
+        candidates = session.scalars(select(Ticket.id).where(condition).order_by(Ticket.id)).all()
+    claimed_total = 0
     for start in range(0, len(candidates), chunk):
         with db.transaction() as session:
-            # The WHERE is the guard (another worker told it) and reads the cases again
-            # under the write lock: an ack may have left since the read.
             claimed = session.execute(
                 update(Ticket)
-                .where(Ticket.id.in_(candidates[start:start + chunk]), late)
-                .values(ack_late_at=now)
-                .returning(Ticket.id, Ticket.number, Ticket.ack_due_at, Ticket.acked_at)
+                .where(Ticket.id.in_(candidates[start:start + chunk]), condition)
+                .values(**values)
+                .returning(Ticket.id, *returning)
                 .execution_options(synchronize_session=False)
             ).all()
             claimed.sort(key=lambda row: row[0])
-            told += len(claimed)
-            rows = []
-            for ticket_id, number, due, sent in claimed:
-                data = {"due_at": due.isoformat(), "sent_at": sent.isoformat() if sent else None}
-                rows.append({"ticket_id": ticket_id, "kind": "ack_late", "at": now, "data": data})
-                metrics.ACKS_LATE_TOTAL.inc()
-                log.warning(
-                    "acknowledgement overdue" if sent is None else "acknowledgement sent late",
-                    extra={"case": number, **data},
-                )
-            if rows:
-                session.execute(insert(TicketEvent.__table__), rows)
+            claimed_total += len(claimed)
+            events = [record(row) for row in claimed]
+            if events:
+                session.execute(insert(TicketEvent.__table__), events)
+    return claimed_total
+
+
+def watch_acks(db: Database, now: datetime, chunk: int = CHUNK) -> int:
+    """Log and count, once per case, every acknowledgement that missed its deadline."""
+
+    def record(row: Any) -> dict[str, Any]:
+        ticket_id, number, due, sent = row
+        data = {"due_at": due.isoformat(), "sent_at": sent.isoformat() if sent else None}
+        metrics.ACKS_LATE_TOTAL.inc()
+        log.warning(
+            "acknowledgement overdue" if sent is None else "acknowledgement sent late",
+            extra={"case": number, **data},
+        )
+        return {"ticket_id": ticket_id, "kind": "ack_late", "at": now, "data": data}
+
+    told = _claim_in_chunks(
+        db, and_(Ticket.ack_late_at.is_(None), _ack_overdue(now)), {"ack_late_at": now},
+        (Ticket.number, Ticket.ack_due_at, Ticket.acked_at), chunk, record,
+    )
     with db.reader() as session:
         metrics.ACKS_LATE.set(count_overdue_acks(session, now))
     return told
@@ -136,32 +160,20 @@ def watch_responses(db: Database, now: datetime, chunk: int = CHUNK) -> int:
             Ticket.first_response_at > Ticket.response_due_at,
         ),
     )
-    with db.reader() as session:
-        candidates = session.scalars(select(Ticket.id).where(missed).order_by(Ticket.id)).all()
-    told = 0
-    for start in range(0, len(candidates), chunk):
-        with db.transaction() as session:
-            # The guard: a case another worker told, or answered meanwhile, is left out.
-            claimed = session.execute(
-                update(Ticket)
-                .where(Ticket.id.in_(candidates[start:start + chunk]), missed)
-                .values(response_breached_at=Ticket.response_due_at)
-                .returning(Ticket.id, Ticket.number, Ticket.severity, Ticket.response_due_at,
-                           Ticket.first_response_at)
-                .execution_options(synchronize_session=False)
-            ).all()
-            claimed.sort(key=lambda row: row[0])
-            told += len(claimed)
-            rows = []
-            for ticket_id, number, severity, due, answered in claimed:
-                data = {"severity": severity, "due_at": due.isoformat(),
-                        "answered_at": answered.isoformat() if answered else None}
-                rows.append({"ticket_id": ticket_id, "kind": "sla_breached", "at": now,
-                             "data": data})
-                metrics.SLA_BREACHES.labels(severity=severity).inc()
-                log.warning("response target missed", extra={"case": number, **data})
-            if rows:
-                session.execute(insert(TicketEvent.__table__), rows)
+
+    def record(row: Any) -> dict[str, Any]:
+        ticket_id, number, severity, due, answered = row
+        data = {"severity": severity, "due_at": due.isoformat(),
+                "answered_at": answered.isoformat() if answered else None}
+        metrics.SLA_BREACHES.labels(severity=severity).inc()
+        log.warning("response target missed", extra={"case": number, **data})
+        return {"ticket_id": ticket_id, "kind": "sla_breached", "at": now, "data": data}
+
+    told = _claim_in_chunks(
+        db, missed, {"response_breached_at": Ticket.response_due_at},
+        (Ticket.number, Ticket.severity, Ticket.response_due_at, Ticket.first_response_at),
+        chunk, record,
+    )
     waiting = and_(_ACTIVE, Ticket.first_response_at.is_(None))
     with db.reader() as session:
         metrics.SLA_BREACHED_OPEN.set(session.scalar(
