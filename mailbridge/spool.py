@@ -178,14 +178,14 @@ def _write_blobs(session: Session, streamed: list[tuple[InboundRaw, Any]]) -> No
             blob.write(data)
 
 
-def next_pending_ids(session: Session, limit: int = 50) -> list[int]:
-    stmt = (
-        select(InboundMail.id)
-        .where(InboundMail.state == STATE_NEW)
-        .order_by(InboundMail.id)
-        .limit(limit)
-    )
-    return list(session.scalars(stmt))
+def next_pending(
+    session: Session, limit: int = 50, shard: tuple[int, int] | None = None
+) -> list[tuple[int, int]]:
+    """(id, size) of the oldest waiting mails; with `shard` (k, n), those whose id is k mod n."""
+    stmt = select(InboundMail.id, InboundMail.size).where(InboundMail.state == STATE_NEW)
+    if shard is not None and shard[1] > 1:
+        stmt = stmt.where(InboundMail.id % shard[1] == shard[0])
+    return [(i, size) for i, size in session.execute(stmt.order_by(InboundMail.id).limit(limit))]
 
 
 def pending_raw(session: Session, inbound_id: int) -> bytes | None:

@@ -8,7 +8,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
 from sqlalchemy.exc import (
     IntegrityError,
     InterfaceError,
@@ -34,10 +33,8 @@ from mailbridge.rules import Rules
 from mailbridge.settings import Settings
 from mailbridge.spool import (
     STATE_DONE,
-    STATE_NEW,
-    InboundMail,
     claim,
-    next_pending_ids,
+    next_pending,
     pending_mail,
     quarantine,
 )
@@ -331,51 +328,34 @@ class Pipeline:
     ) -> list[ProcessResult]:
         """Process the oldest waiting mails (this worker's share); `halt` cuts the pass short."""
         with self.db.reader() as session:
-            if self.shard is None or self.shard[1] <= 1:
-                ids = next_pending_ids(session, limit)
-            else:
-                index, count = self.shard
-                ids = list(session.scalars(
-                    select(InboundMail.id)
-                    .where(InboundMail.state == STATE_NEW, InboundMail.id % count == index)
-                    .order_by(InboundMail.id)
-                    .limit(limit)
-                ))
+            pending = next_pending(session, limit, self.shard)
+        # Batches are SQLite's (one write lock for the database); elsewhere one mail each.
+        batch_size = self.batch_size if self.db.is_sqlite else 1
         results: list[ProcessResult] = []
-        if self.db.is_sqlite and self.batch_size > 1:
-            for batch in self._batches(ids):
-                if halt is not None and halt():
-                    break
-                results += self.process_batch(batch) if len(batch) > 1 else [
-                    r for r in [self.process(batch[0])] if r is not None]
-            return results
-        for inbound_id in ids:
+        for batch in _batches(pending, batch_size):
             if halt is not None and halt():
                 break
-            result = self.process(inbound_id)
-            if result is not None:
+            if len(batch) > 1:
+                results += self.process_batch(batch)
+            elif (result := self.process(batch[0])) is not None:
                 results.append(result)
         return results
 
-    def _batches(self, ids: list[int]) -> list[list[int]]:
-        """Consecutive ids in groups of `batch_size`; a big mail makes its own group."""
-        with self.db.reader() as session:
-            sizes = {inbound_id: size for inbound_id, size in session.execute(
-                select(InboundMail.id, InboundMail.size).where(InboundMail.id.in_(ids)))}
-        batches: list[list[int]] = []
-        current: list[int] = []
-        total = 0
-        for inbound_id in ids:
-            size = sizes.get(inbound_id, 0)
-            if current and (len(current) >= self.batch_size
-                            or total + size > BATCH_BYTES):
-                batches.append(current)
-                current, total = [], 0
-            current.append(inbound_id)
-            total += size
-        if current:
+
+def _batches(pending: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Consecutive ids in groups of `batch_size`; a big mail makes its own group."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for inbound_id, size in pending:
+        if current and (len(current) >= batch_size or total + size > BATCH_BYTES):
             batches.append(current)
-        return batches
+            current, total = [], 0
+        current.append(inbound_id)
+        total += size
+    if current:
+        batches.append(current)
+    return batches
 
 
 def run_pipeline_loop(
