@@ -185,8 +185,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         settings = _settings()
     except ValidationError as exc:
         for err in exc.errors():
-            key = "MAILBRIDGE_" + "_".join(str(p) for p in err["loc"]).upper()
-            print(f"environment: {key}: {err['msg']}", file=sys.stderr)
+            if err["loc"]:
+                key = "MAILBRIDGE_" + "_".join(str(p) for p in err["loc"]).upper()
+                print(f"environment: {key}: {err['msg']}", file=sys.stderr)
+            else:  # a rule across settings: the message names them
+                print(f"environment: {err['msg'].removeprefix('Value error, ')}",
+                      file=sys.stderr)
         return 78
     from mailbridge.intake.imap_config import ImapConfigError, load_imap_accounts
 
@@ -211,7 +215,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"database: {_redacted_url(settings.resolved_database_url)}")
     print(f"smtp: {settings.smtp_listen}  http: {settings.http_listen}")
-    relay = settings.relay or f"none (outbound mail to {settings.outbound_maildir})"
+    relay = (f"{settings.relay} ({settings.relay_security}"
+             + (", certificate and host name verified" if settings.relay_security != "none"
+                else "") + ")"
+             if settings.relay else f"none (outbound mail to {settings.outbound_maildir})")
     print(f"relay: {relay}")
     print(f"sender authentication: {settings.sender_auth}"
           + (f" (trusting {settings.trusted_authserv_id})" if settings.trusted_authserv_id else ""))
@@ -249,6 +256,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"quarantined:     {inbound['quarantined']}")
     print(f"outbox pending:  {outbox['pending']} (oldest {outbox['oldest_pending_seconds']} s), "
           f"failed {outbox['failed']}")
+    for failure in outbox["recent_failures"]:
+        case = f"case {failure['case']}" if failure["case"] else "no case"
+        print(f"OUTBOUND FAILED: #{failure['id']} {failure['kind']} ({case}) to "
+              f"{', '.join(failure['rcpt_tos'])}: {failure['error']}")
     print(f"cases:           {report['tickets']['total']} {report['tickets']['by_status']}")
     oldest = acks["oldest_unacknowledged"]
     print(f"oldest unacknowledged case: {oldest['case']} ({oldest['age_seconds']} s)"

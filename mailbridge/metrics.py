@@ -22,6 +22,12 @@ ACK_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 OUTBOX_DEPTH = Gauge("mailbridge_outbox_depth", "Outbound mails waiting")
+OUTBOX_FAILED = Gauge("mailbridge_outbox_failed", "Outbound mails that failed for good")
+AUTO_REPLIES_WITHHELD = Counter(
+    "mailbridge_auto_replies_withheld_total",
+    "Automatic mails not sent, or recipients left out of one, and why",
+    ["reason"],
+)
 OUTBOX_OLDEST = Gauge("mailbridge_outbox_oldest_seconds", "Age of the oldest waiting mail")
 QUARANTINE_SIZE = Gauge("mailbridge_quarantine_size", "Mails kept in quarantine")
 ACKS_LATE = Gauge("mailbridge_acks_overdue", "Cases whose acknowledgement missed its deadline")
@@ -53,6 +59,7 @@ def refresh_queue_gauges(db: Database) -> None:
         report = status_report(session)
     OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
     OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
+    OUTBOX_FAILED.set(report["outbox"]["failed"] or 0)
     QUARANTINE_SIZE.set(report["inbound"]["quarantined"] or 0)
     INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
     INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)

@@ -50,6 +50,9 @@ class Desk(_Strict):
     # A new mail whose subject matches an open case of the same tenant within
     # this window is linked to that case (seed 004: one subject per case).
     duplicate_window_hours: float = Field(default=72, ge=0)
+    # No automatic mail goes to more people than this (sender and copies together): a mail
+    # with 30 addresses in Cc must not make the desk mail 31 (hostile round 2).
+    max_auto_recipients: int = Field(default=10, ge=1, le=100)
 
     _addr = field_validator("from_address")(_check_email)
 
@@ -100,11 +103,31 @@ class Tenant(_Strict):
     # also closed for this tenant on `closed_dates`.
     subdivision: str | None = None
     closed_dates: list[date] = Field(default_factory=list)
+    # The customer's own mail domains: a colleague copied from one of them receives the
+    # case's mail; anyone else copied is recorded on the case but not mailed until staff
+    # add them («#cc persona@dominio»).
+    domains: list[str] = Field(default_factory=list)
 
     @field_validator("contacts")
     @classmethod
     def _contacts(cls, value: list[str]) -> list[str]:
         return [_check_email(v) for v in value]
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            entry = entry.strip().lower().lstrip("@")
+            if not re.fullmatch(r"[^\s@.]+(\.[^\s@.]+)+", entry):
+                raise ValueError(f"not a mail domain: {entry!r}")
+            out.append(entry)
+        return out
+
+    def is_colleague(self, address: str) -> bool:
+        """A registered contact of this tenant, or an address in one of its own domains."""
+        address = address.strip().lower()
+        return address in self.contacts or address.rpartition("@")[2] in self.domains
 
     _exec = field_validator("executive")(_check_email)
 

@@ -50,6 +50,14 @@ def status_report(session: Session) -> dict[str, Any]:
     outbox_failed = session.scalar(
         select(func.count(OutboxMail.id)).where(OutboxMail.state == STATE_FAILED)
     )
+    failures = session.execute(
+        select(OutboxMail.id, OutboxMail.kind, Ticket.number, OutboxMail.rcpt_tos,
+               OutboxMail.attempts, OutboxMail.last_error, OutboxMail.created_at)
+        .outerjoin(Ticket, Ticket.id == OutboxMail.ticket_id)
+        .where(OutboxMail.state == STATE_FAILED)
+        .order_by(OutboxMail.id.desc())
+        .limit(10)
+    ).all()
     oldest_unacked = session.execute(
         select(Ticket.number, Ticket.created_at)
         .where(Ticket.acked_at.is_(None))
@@ -69,6 +77,13 @@ def status_report(session: Session) -> dict[str, Any]:
             "pending": outbox_pending,
             "oldest_pending_seconds": _age(oldest_out, now),
             "failed": outbox_failed,
+            # The newest mails that failed for good, each with the relay's or our reason.
+            "recent_failures": [
+                {"id": f.id, "kind": f.kind, "case": f.number, "rcpt_tos": list(f.rcpt_tos),
+                 "attempts": f.attempts, "error": (f.last_error or "")[:300],
+                 "created_at": f.created_at.isoformat()}
+                for f in failures
+            ],
         },
         "tickets": {
             "total": session.scalar(select(func.count(Ticket.id))),

@@ -104,6 +104,7 @@ def queue_mail(
         extra_headers=dict(extra_headers or {}),
         attachments=list(attachments),
         suppress_auto_responses=suppress_auto_responses,
+        max_recipients=desk.max_auto_recipients,
     )
     return enqueue(session, draft, kind=kind, ticket_id=ticket.id, inbound_id=inbound_id)
 

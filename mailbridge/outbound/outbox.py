@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, insert
 from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
 
+from mailbridge import metrics
 from mailbridge.db import Base, UTCDateTime, utcnow
+from mailbridge.outbound.addresses import transport_form
 from mailbridge.outbound.render import Draft, render
+
+log = logging.getLogger(__name__)
 
 STATE_PENDING = "pending"
 STATE_SENT = "sent"
@@ -94,6 +99,12 @@ def _row_values(
     envelope_from: str | None,
     templates_dir: str | None,
 ) -> dict[str, Any]:
+    draft, left_out = draft.capped()
+    if left_out:
+        metrics.AUTO_REPLIES_WITHHELD.labels(reason="recipient_cap").inc(len(left_out))
+        log.warning("outbound recipients over the cap left out",
+                    extra={"kind": kind, "ticket_id": ticket_id, "cap": draft.max_recipients,
+                           "left_out": len(left_out)})
     message_id, raw = render(draft, templates_dir)
     now = utcnow()
     return {
@@ -106,7 +117,7 @@ def _row_values(
         # bounces come back and be recorded on the case; X-Loop and
         # Auto-Submitted keep other robots from answering.
         "mail_from": envelope_from or draft.from_address,
-        "rcpt_tos": sorted({*draft.to, *draft.cc}),
+        "rcpt_tos": sorted({transport_form(a) for a in (*draft.to, *draft.cc)}),
         "message_id": message_id,
         "subject": draft.subject,
         "raw": raw,

@@ -68,7 +68,8 @@ class Apply:
             subject_key=subject_key,
             sender=ctx.sender[:320],
             sender_name=(ctx.mail.from_name or "")[:320] or None,
-            cc=_new_cc(ctx, []),
+            cc=[],
+            cc_held=[],
             fields=ctx.fields,
             fields_raw=ctx.fields_raw,
             missing_fields=ctx.missing_fields,
@@ -78,6 +79,7 @@ class Apply:
         )
         # Seed 003: the response clock, from the tenant's plan and calendar.
         start_response_clock(ticket, ctx.rules, ctx.tenant, ctx.inbound.received_at)
+        _take_copies(ctx, ticket)
         insert_case(ctx.session, ticket)
         ctx.ticket = ticket
         record_message(ctx, ticket)
@@ -103,7 +105,7 @@ class Apply:
         ctx.ticket = ticket
         record_message(ctx, ticket)
         ticket.updated_at = ctx.now
-        ticket.cc = _new_cc(ctx, ticket.cc)
+        _take_copies(ctx, ticket)
         _add_event(ctx, ticket.id, "look_alike_linked",
                    {"sender": ctx.sender, "message_id": ctx.mail.message_id})
         queue_auto_reply(ctx, template="look_alike.txt.j2", kind="look_alike", ticket=ticket,
@@ -114,7 +116,7 @@ class Apply:
     def _add_to_case(self, ctx: MailContext, ticket: Ticket) -> Outcome:
         record_message(ctx, ticket)
         ticket.updated_at = ctx.now
-        ticket.cc = _new_cc(ctx, ticket.cc)
+        _take_copies(ctx, ticket)
         _record_secrets(ctx, ticket)
         if ticket.status == STATUS_RESOLVED and ctx.sender_role == ROLE_CUSTOMER:
             # Seed 003: a confirmation closes the case; any other answer resets the attempts.
@@ -188,18 +190,34 @@ def _record_secrets(ctx: MailContext, ticket: Ticket) -> None:
         _add_event(ctx, ticket.id, "secrets_redacted", {"kinds": ctx.secret_kinds})
 
 
-def _new_cc(ctx: MailContext, current: list[str]) -> list[str]:
-    """The case's CC list plus the people copied on this mail (not us, not staff)."""
+def _take_copies(ctx: MailContext, ticket: Ticket) -> None:
+    """The people copied on this mail join the case (not us, not staff, not shared boxes).
+
+    Who receives the case's mail is limited (hostile round 2, Cc amplification): the
+    tenant's registered contacts and addresses in its own domains go to `cc`; anyone else
+    is recorded in `cc_held` and mailed only once staff add them (a staff member copying
+    someone on a reply, or «#cc persona@dominio»).
+    """
     rules = ctx.rules
-    out = list(current or [])
-    sender = ctx.ticket.sender if ctx.ticket is not None else ctx.sender
+    cc, held = list(ticket.cc or []), list(ticket.cc_held or [])
+    tenant = ctx.tenant or rules.tenant(ticket.tenant_id)
+    sender = ticket.sender if ticket.sender else ctx.sender
+    vouched = ctx.sender_role == ROLE_STAFF
     for addr in [*ctx.mail.to, *ctx.mail.cc]:
-        if addr in out or addr in (sender, ctx.sender):
+        if addr in cc or addr in (sender, ctx.sender):
             continue
         if rules.accepts_recipient(addr) or rules.is_staff(addr) or rules.is_shared_mailbox(addr):
             continue
-        out.append(addr)
-    return out
+        if vouched or (tenant is not None and tenant.is_colleague(addr)):
+            cc.append(addr)
+            if addr in held:
+                held.remove(addr)
+        elif addr not in held:
+            held.append(addr)
+    if cc != (ticket.cc or []):
+        ticket.cc = cc
+    if held != (ticket.cc_held or []):
+        ticket.cc_held = held
 
 
 def record_message(ctx: MailContext, ticket: Ticket) -> int:

@@ -1,7 +1,8 @@
-"""Staff commands written on a line of their own in a reply: #estado, #prioridad, #escalar."""
+"""Staff commands written on a line of their own in a reply: #estado, #prioridad, #escalar, #cc."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,10 +108,58 @@ def _escalar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResu
     return CommandResult(cmd.line, result.ok, result.message)
 
 
+_ADDRESS_RE = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+
+
+def _cc(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
+    """«#cc persona@dominio» copies someone on the case's mail; «#cc -persona@dominio»
+    stops it. Staff vouch for who they add: automatic mail goes to the sender, the tenant's
+    own people and staff only (rules.yaml `tenants[].domains`)."""
+    added: list[str] = []
+    removed: list[str] = []
+    problems: list[str] = []
+    cc, held = list(ticket.cc or []), list(ticket.cc_held or [])
+    for arg in cmd.args:
+        remove = arg.startswith("-")
+        address = arg.lstrip("+-").strip("<>,;").lower()
+        if not _ADDRESS_RE.match(address):
+            problems.append(f"«{arg}» no es una dirección de correo")
+        elif ctx.rules.accepts_recipient(address) or address in ctx.rules.own_addresses:
+            problems.append(f"{address} es una dirección de la mesa")
+        elif remove:
+            if address in cc:
+                cc.remove(address)
+                held.append(address)
+                removed.append(address)
+            else:
+                problems.append(f"{address} no estaba en copia")
+        elif address == ticket.sender or address in cc:
+            problems.append(f"{address} ya recibe el correo del caso")
+        else:
+            cc.append(address)
+            if address in held:
+                held.remove(address)
+            added.append(address)
+    if not cmd.args:
+        problems.append("indique la dirección, p. ej. «#cc persona@dominio»")
+    if added or removed:
+        ticket.cc, ticket.cc_held = cc, held
+        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="cc", at=ctx.now,
+                                    data={"added": added, "removed": removed, "by": ctx.sender}))
+    parts = []
+    if added:
+        parts.append(f"en copia del caso desde ahora: {', '.join(added)}")
+    if removed:
+        parts.append(f"ya no reciben el correo del caso: {', '.join(removed)}")
+    parts.extend(problems)
+    return CommandResult(cmd.line, bool(added or removed) and not problems, "; ".join(parts))
+
+
 COMMANDS: dict[str, tuple[Handler, str]] = {
     "estado": (_estado, "#estado abierto|en_progreso|resuelto|cerrado"),
     "prioridad": (_prioridad, "#prioridad A|B|C"),
     "escalar": (_escalar, "#escalar <destino> (y una línea «Etiqueta: valor» por dato)"),
+    "cc": (_cc, "#cc persona@dominio (o «#cc -persona@dominio» para quitarla)"),
 }
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Select, bindparam, func, insert, select
 
+from mailbridge import metrics
+from mailbridge.auth import aligned, sender_is_authentic
 from mailbridge.db import UTCDateTime
 from mailbridge.outbound.outbox import insert_outbox_mail
 from mailbridge.outbound.render import Draft
@@ -16,6 +19,62 @@ from mailbridge.tickets.models import AddressStatus, AutoReply, Ticket
 from mailbridge.tickets.numbering import case_subject
 
 log = logging.getLogger(__name__)
+
+
+# Mail from these local parts is a mail system's own (RFC 3834 §3.2, RFC 5321 §4.5.5):
+# whatever its envelope says, it never gets an automatic answer.
+_SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster"})
+# Bounce address tags (BATV, RFC draft-levine-smtp-batv) and SRS rewrite a sender's
+# envelope address; what they stand for is compared with From.
+_BATV_RE = re.compile(r"^(?:prvs|btv1|msprvs1)=[^=]+=(?P<local>.+)$", re.IGNORECASE)
+_SRS0_RE = re.compile(r"^srs0[=+-][^=]+=[^=]+=(?P<domain>[^=]+)=(?P<local>.+)$", re.IGNORECASE)
+
+
+def _envelope_author(envelope: str) -> str:
+    """The address an envelope sender stands for, BATV tags and SRS0 rewriting undone."""
+    local, _, domain = envelope.strip().lower().rpartition("@")
+    srs = _SRS0_RE.match(local)
+    if srs:
+        return f"{srs['local']}@{srs['domain']}"
+    batv = _BATV_RE.match(local)
+    return f"{batv['local'] if batv else local}@{domain}"
+
+
+def refusal_address(ctx: MailContext) -> str | None:
+    """Where a refusal may go, or None (RFC 3834 §4: never backscatter).
+
+    To the envelope sender (Return-Path), never when it is null or unknown, and only when
+    it is the From address (the same address, or an address in an aligned domain when
+    sender authentication is on and passed). A mail system's own address
+    (MAILER-DAEMON@, postmaster@) gets nothing. Every refusal withheld is logged and
+    counted (`mailbridge_auto_replies_withheld_total{reason}`).
+    """
+    author = ctx.sender
+    envelope = (ctx.inbound.mail_from or "").strip().strip("<>").strip()
+    reason = None
+    if author.partition("@")[0].split("+", 1)[0] in _SYSTEM_LOCAL_PARTS or \
+            envelope.lower().partition("@")[0] in _SYSTEM_LOCAL_PARTS:
+        reason = "system_sender"
+    elif "@" not in envelope:
+        reason = "no_envelope_sender"
+    else:
+        stands_for = _envelope_author(envelope)
+        if stands_for != author.lower():
+            aligned_and_authentic = (
+                ctx.settings.sender_auth != "off"
+                and aligned(stands_for.rpartition("@")[2], author.rpartition("@")[2])
+                and sender_is_authentic(ctx)
+            )
+            if not aligned_and_authentic:
+                reason = "envelope_mismatch"
+    if reason is not None:
+        metrics.AUTO_REPLIES_WITHHELD.labels(reason=reason).inc()
+        log.info("refusal withheld (it could be backscatter)", extra={
+            "reason": reason, "sender": author, "envelope_sender": envelope,
+            "inbound_id": ctx.inbound.id,
+        })
+        return None
+    return envelope
 
 
 def case_reply_to(from_address: str, number: int) -> str:
@@ -80,9 +139,18 @@ def queue_auto_reply(
     to: list[str] | None = None,
     cc: list[str] | None = None,
 ) -> bool:
-    """Queue an automatic answer to this mail's sender; False when a guard said no."""
+    """Queue an automatic answer to this mail's sender; False when a guard said no.
+
+    A refusal (no case was opened: the sender is unknown, a shared mailbox …) goes to the
+    envelope sender, and only when it is this mail's author (`refusal_address`).
+    """
     if not ctx.may_auto_reply:
         return False
+    if kind == "refusal" and to is None:
+        address = refusal_address(ctx)
+        if address is None:
+            return False
+        to = [address]
     recipients = to or [ctx.sender]
     if not all(auto_reply_allowed(ctx, r, kind) for r in recipients):
         return False
@@ -104,6 +172,7 @@ def queue_auto_reply(
         reply_to=case_reply_to(desk.from_address, ticket.number) if ticket is not None else None,
         in_reply_to=ctx.mail.message_id,
         references=ctx.mail.references,
+        max_recipients=desk.max_auto_recipients,
     )
     insert_outbox_mail(
         ctx.session,
@@ -136,6 +205,7 @@ def queue_case_update(
         in_reply_to=ctx.mail.message_id,
         references=ctx.mail.references,
         auto_submitted="no",
+        max_recipients=desk.max_auto_recipients,
     )
     insert_outbox_mail(ctx.session, draft, kind=kind, ticket_id=ticket.id,
                        inbound_id=ctx.inbound.id, trigger_received_at=ctx.inbound.received_at)

@@ -12,6 +12,8 @@ from mailbridge.pipeline.context import (
 )
 from mailbridge.pipeline.mailing import queue_auto_reply
 
+# Highest first: A (Crítica), B (Moderada), C (Mínima).
+PRIORITY_ORDER = ("A", "B", "C")
 # Operations or a vendor a case was escalated to (rules.yaml `escalation_targets`).
 ROLE_VENDOR = "vendor"
 
@@ -27,11 +29,13 @@ class Route:
             for h in ("Delivered-To", "X-Original-To")
             if ctx.mail.header(h)
         ]
-        # The envelope decides (the mail may list other addresses in To/Cc).
-        for rcpt in [*ctx.inbound.rcpt_tos, *delivered_to, *ctx.mail.to, *ctx.mail.cc]:
-            found = rules.support_address(rcpt)
-            if found is not None:
-                ctx.support_address = found
+        # The envelope decides (the mail may list other addresses in To/Cc); delivered to
+        # several support addresses, the highest priority among them wins, whatever the
+        # order of the RCPT commands.
+        for candidates in ([*ctx.inbound.rcpt_tos, *delivered_to], [*ctx.mail.to, *ctx.mail.cc]):
+            found = [a for a in map(rules.support_address, candidates) if a is not None]
+            if found:
+                ctx.support_address = min(found, key=lambda a: PRIORITY_ORDER.index(a.priority))
                 break
         if ctx.ticket is not None:
             ctx.tenant_id = ctx.ticket.tenant_id

@@ -106,7 +106,7 @@ class VendorMail:
             subject=f"Correo de {target.label} sin caso: {ctx.mail.subject}"[:200],
             from_address=desk.from_address, from_name=desk.from_name,
             in_reply_to=ctx.mail.message_id, references=ctx.mail.references,
-            auto_submitted="auto-generated",
+            auto_submitted="auto-generated", max_recipients=desk.max_auto_recipients,
         ), kind="vendor_unmatched", ticket_id=None, inbound_id=ctx.inbound.id)
         return Outcome("vendor:without-case", target_name)
 

@@ -86,5 +86,6 @@ def queue_case_mail(
         in_reply_to=in_reply_to,
         references=references,
         auto_submitted="auto-generated",
+        max_recipients=desk.max_auto_recipients,
     )
     return enqueue(session, draft, kind=kind, ticket_id=ticket.id)

@@ -53,7 +53,10 @@ class Ticket(Base):
     subject_key: Mapped[str] = mapped_column(String(255), default="")
     sender: Mapped[str] = mapped_column(String(320), index=True)
     sender_name: Mapped[str | None] = mapped_column(String(320))
+    # People copied who receive the case's mail (the tenant's own, staff, or added by staff)…
     cc: Mapped[list[Any]] = mapped_column(default=list)
+    # … and people copied who are only recorded: no automatic mail until staff add them.
+    cc_held: Mapped[list[Any] | None] = mapped_column()
     fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
     fields_raw: Mapped[dict[str, Any]] = mapped_column(default=dict)
     missing_fields: Mapped[list[Any]] = mapped_column(default=list)

@@ -42,6 +42,7 @@ def ticket_json(session: Session, ticket: Ticket) -> dict[str, Any]:
         "queue": ticket.queue,
         "sender_name": ticket.sender_name,
         "cc": list(ticket.cc or []),
+        "cc_held": list(ticket.cc_held or []),  # copied, recorded, not mailed (#cc adds)
         "fields": dict(ticket.fields or {}),
         "fields_raw": dict(ticket.fields_raw or {}),
         "missing_fields": list(ticket.missing_fields or []),
