@@ -298,6 +298,22 @@ class AcceptedMarker:
         return True
 
 
+def _take_dead_markers(run_dir: Path) -> list[str]:
+    """The Message-IDs in the markers of this host's dead PostgreSQL workers; the files go."""
+    found: list[str] = []
+    for path in run_dir.glob(f"outbox-accepted.{_HOST}.*"):
+        pid = path.name.rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            data = path.read_bytes().rstrip(b"\0").decode("utf-8", "replace")
+            path.unlink()
+        except OSError:
+            continue
+        found.extend(line for line in data.split("\n") if line)
+    return found
+
+
 @dataclass
 class SendResult:
     sent: int = 0
@@ -392,9 +408,16 @@ class OutboxSender(BackgroundLoop):
             self.transport = RelayTransport(settings)
         else:
             self.transport = MaildirTransport(settings.outbound_maildir)
-        self.accepted = (
-            AcceptedMarker(settings.run_dir / "outbox-accepted") if db.is_sqlite else None
-        )
+        # SQLite has one daemon per database: one marker. On PostgreSQL several workers may
+        # share a data directory: each has its own, and takes over those of dead workers
+        # of this host (their mail is recorded, not sent again, once this one starts).
+        if db.is_sqlite:
+            self.accepted = AcceptedMarker(settings.run_dir / "outbox-accepted")
+            self.inherited: list[str] = []
+        else:
+            self.accepted = AcceptedMarker(
+                settings.run_dir / f"outbox-accepted.{_HOST}.{os.getpid()}")
+            self.inherited = _take_dead_markers(settings.run_dir)
         # After the relay failed as a whole (unreachable, 421) nothing is tried before
         # this instant (monotonic), so a dead relay is not hammered once per queued row.
         # The pause doubles with each failure in a row and ends at the first mail taken.
@@ -446,6 +469,7 @@ class OutboxSender(BackgroundLoop):
             if self.db.is_sqlite:
                 self._send_batch_sqlite(result, limit)
             else:
+                self._recover_accepted()
                 with self.db.reader() as session:
                     ids = session.execute(
                         _DUE_IDS, {"now": utcnow(), "limit": limit}
@@ -488,8 +512,7 @@ class OutboxSender(BackgroundLoop):
                     accepted.append(outbox_id)
                     if some_refused:
                         partly[outbox_id] = some_refused
-                    if self.accepted is not None:
-                        self.accepted.add(message_id)
+                    self.accepted.add(message_id)
                     continue
                 refused.append((outbox_id, error))
                 if isinstance(error, TransientFailure) and error.relay_down:
@@ -507,20 +530,20 @@ class OutboxSender(BackgroundLoop):
                         continue
                     outcome = self._record_failure(session, _Attempt(*row), error)
                     setattr(result, outcome, getattr(result, outcome) + 1)
-            if self.accepted is not None:
-                self.accepted.clear()
+            self.accepted.clear()
             if self.paused():
                 return
 
     def _recover_accepted(self) -> None:
         """Mail the relay accepted before a crash or a failed commit: recorded, not resent."""
-        accepted = self.accepted.get() if self.accepted is not None else []
+        accepted = [*self.accepted.get(), *self.inherited]
         if not accepted:
             return
         with self.db.transaction() as session:
             self._record_sent(session, _MARK_SENT_BY_MESSAGE_ID, {"message_ids": accepted},
                               recovered=True)
-        self.accepted.clear()  # type: ignore[union-attr]
+        self.accepted.clear()
+        self.inherited = []
 
     def _send_one(self, outbox_id: int) -> str:
         """PostgreSQL: the row stays locked (SKIP LOCKED) for the whole send, so two
@@ -532,12 +555,17 @@ class OutboxSender(BackgroundLoop):
             row_id, mail_from, rcpt_tos, raw, message_id, attempts, kind, ticket_id = row
             error, some_refused = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
             if error is None:
+                # Until the commit below, a crash must not send it again: the marker says so.
+                self.accepted.add(message_id)
                 self._record_sent(session, _MARK_SENT, {"ids": [row_id]},
                                   partly={row_id: some_refused} if some_refused else None)
-                return "sent"
-            return self._record_failure(
-                session, _Attempt(row_id, attempts, kind, ticket_id, message_id), error
-            )
+                outcome = "sent"
+            else:
+                outcome = self._record_failure(
+                    session, _Attempt(row_id, attempts, kind, ticket_id, message_id), error
+                )
+        self.accepted.clear()
+        return outcome
 
     def _transmit(
         self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str

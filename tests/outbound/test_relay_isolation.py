@@ -280,3 +280,25 @@ def test_maildir_cleans_what_a_killed_writer_left_and_never_writes_a_mail_twice(
     (written,) = list((root / "new").iterdir())
     assert written.name == _maildir_name("<uno@mesa.example>")
     assert written.read_bytes().endswith(raw)
+
+
+def test_a_dead_workers_marker_is_taken_over_and_its_mail_not_sent_again(
+        db, settings, sinks) -> None:
+    """PostgreSQL workers may share a data directory: each keeps its own marker, and the
+    next one to start on this host records what a killed one had handed to the relay."""
+    import socket
+
+    if db.is_sqlite:
+        pytest.skip("SQLite has one marker for its one daemon (test_sender.py)")
+    relay = _start(sinks)
+    case = add_case(db)
+    handed, other = queue(db, case), queue(db, case)
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dead = run_dir / f"outbox-accepted.{socket.gethostname()}.{2 ** 22 + 5}"
+    dead.write_bytes(f"{handed}\n".encode().ljust(64 * 1024, b"\0"))
+    result = _sender(db, settings, relay.port).send_due()
+    assert result.sent == 1
+    assert [r.message["Message-ID"] for r in relay.received] == [other]
+    assert rows(db)[handed]["state"] == STATE_SENT
+    assert not dead.exists()
