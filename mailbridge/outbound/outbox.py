@@ -47,25 +47,6 @@ Index("ix_outbox_state_next", OutboxMail.state, OutboxMail.next_attempt_at)
 _INSERT_OUTBOX_MAIL = insert(OutboxMail.__table__)  # built once: one per mail
 
 
-def enqueue(
-    session: Session,
-    draft: Draft,
-    *,
-    kind: str,
-    ticket_id: int | None,
-    inbound_id: int | None = None,
-    trigger_received_at: datetime | None = None,
-    envelope_from: str | None = None,
-    templates_dir: str | None = None,
-) -> OutboxMail:
-    """Render the draft now and add its row to the caller's transaction."""
-    row = OutboxMail(**_row_values(draft, kind=kind, ticket_id=ticket_id, inbound_id=inbound_id,
-                                   trigger_received_at=trigger_received_at,
-                                   envelope_from=envelope_from, templates_dir=templates_dir))
-    session.add(row)
-    return row
-
-
 def insert_outbox_mail(
     session: Session,
     draft: Draft,
@@ -77,11 +58,10 @@ def insert_outbox_mail(
     envelope_from: str | None = None,
     templates_dir: str | None = None,
 ) -> str:
-    """`enqueue` for callers that need no ORM object: one INSERT now; returns the Message-ID.
-
-    The pipeline writes one of these per mail; the ORM's unit of work around a row
-    nobody reads again costs more than rendering it (bench/README.md).
-    """
+    """Render the draft now and insert its row into the caller's transaction (one INSERT);
+    returns the Message-ID. Only `outbound.compose` calls it: every mail goes through the
+    composer. Core, not the ORM: its unit of work around a row nobody reads again cost
+    more than rendering it (bench/README.md)."""
     values = _row_values(draft, kind=kind, ticket_id=ticket_id, inbound_id=inbound_id,
                          trigger_received_at=trigger_received_at, envelope_from=envelope_from,
                          templates_dir=templates_dir)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mailbridge.parse.replies import StaffCommand
 from mailbridge.pipeline.context import MailContext
+from mailbridge.pipeline.lifecycle import request_confirmation
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_IN_PROGRESS,
@@ -50,8 +51,6 @@ def _estado(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResul
                                 data={"from": old, "to": wanted, "by": ctx.sender}))
     if wanted == STATUS_RESOLVED and old != STATUS_RESOLVED:
         # Seed 003: the customer is asked to confirm; the scheduler follows up and closes.
-        from mailbridge.sla.closing import request_confirmation
-
         request_confirmation(ctx, ticket)
         return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»; "
                              "se pidió al cliente que confirme la solución")

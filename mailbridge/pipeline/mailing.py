@@ -1,25 +1,30 @@
-"""Queueing the mail a stage owes, with the loop guards every automatic mail needs."""
+"""The pipeline's side of desk mail: answers to the mail in hand, through outbound.compose.
+
+What only the mail in hand can tell is decided here (RFC 3834: never answer a robot or a
+null sender; a refusal goes only to an envelope sender that wrote the mail); everything
+else (recipients, limits, threading, the row) is `outbound.compose`.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, select
-
 from mailbridge import metrics
-from mailbridge.auth import aligned, sender_is_authentic
-from mailbridge.db import UTCDateTime
-from mailbridge.outbound.outbox import insert_outbox_mail
-from mailbridge.outbound.render import Draft
+from mailbridge.auth import aligned
+from mailbridge.outbound.compose import (
+    AUTO_REPLIED,
+    PERSON,
+    Answering,
+    Mail,
+    answer_allowed,
+    compose,
+)
 from mailbridge.pipeline.context import MailContext
-from mailbridge.tickets.models import AddressStatus, AutoReply, Ticket
-from mailbridge.tickets.numbering import case_subject
+from mailbridge.tickets.models import Ticket
 
 log = logging.getLogger(__name__)
-
 
 # Mail from these local parts is a mail system's own (RFC 3834 §3.2, RFC 5321 §4.5.5):
 # whatever its envelope says, it never gets an automatic answer.
@@ -63,7 +68,7 @@ def refusal_address(ctx: MailContext) -> str | None:
             aligned_and_authentic = (
                 ctx.settings.sender_auth != "off"
                 and aligned(stands_for.rpartition("@")[2], author.rpartition("@")[2])
-                and sender_is_authentic(ctx)
+                and ctx.sender_is_authentic()
             )
             if not aligned_and_authentic:
                 reason = "envelope_mismatch"
@@ -77,55 +82,15 @@ def refusal_address(ctx: MailContext) -> str | None:
     return envelope
 
 
-def case_reply_to(from_address: str, number: int) -> str:
-    local, _, domain = from_address.partition("@")
-    return f"{local}+{number}@{domain}"
-
-
-def _rate_limit_check(ack: bool) -> Select[Any]:
-    """(hard-bounced?, automatic mails of this kind in the window, counted up to the limit).
-
-    One Core statement for both questions, built once: the ORM's per-query work and
-    building the statement were most of the cost. Counting at most `limit` rows keeps
-    the check cheap during a mail storm.
-    """
-    replies = AutoReply.__table__.c
-    statuses = AddressStatus.__table__.c
-    address = bindparam("address")
-    recent = (
-        select(replies.id)
-        .where(replies.address == address, replies.at >= bindparam("since", type_=UTCDateTime),
-               replies.kind == "ack" if ack else replies.kind != "ack")
-        .limit(bindparam("limit"))
-        .subquery()
-    )
-    return select(
-        select(statuses.hard).where(statuses.address == address).scalar_subquery(),
-        select(func.count()).select_from(recent).scalar_subquery(),
-    )
-
-
-_RATE_LIMIT_CHECK = {True: _rate_limit_check(True), False: _rate_limit_check(False)}
-_INSERT_AUTO_REPLIES = insert(AutoReply.__table__)
+def answering(ctx: MailContext) -> Answering:
+    """The mail in hand, as the one our mail answers."""
+    return Answering(ctx.mail.message_id, list(ctx.mail.references), ctx.inbound.id,
+                     ctx.inbound.received_at)
 
 
 def auto_reply_allowed(ctx: MailContext, address: str, kind: str) -> bool:
     """RFC 3834 rate limit per address, and never to an address that hard-bounced."""
-    desk = ctx.rules.desk
-    is_ack = kind == "ack"
-    limit = desk.ack_limit_per_hour if is_ack else desk.auto_reply_limit_per_hour
-    ctx.session.flush()  # what this transaction wrote counts (autoflush did it before)
-    hard, sent = ctx.session.execute(_RATE_LIMIT_CHECK[is_ack], {
-        "address": address, "since": ctx.now - timedelta(hours=1), "limit": limit,
-    }).one()
-    if hard:
-        log.info("no automatic mail to a hard-bounced address", extra={"rcpt": address})
-        return False
-    if (sent or 0) >= limit:
-        log.warning("auto-reply rate limit reached",
-                    extra={"rcpt": address, "sent": sent, "kind": kind})
-        return False
-    return True
+    return answer_allowed(ctx.session, ctx.rules, address, kind, ctx.now)
 
 
 def queue_auto_reply(
@@ -151,40 +116,15 @@ def queue_auto_reply(
         if address is None:
             return False
         to = [address]
-    recipients = to or [ctx.sender]
-    if not all(auto_reply_allowed(ctx, r, kind) for r in recipients):
-        return False
-    desk = ctx.rules.desk
-    if subject is None:
-        subject = (
-            case_subject(desk.case_token, ticket.number, ticket.subject)
-            if ticket is not None
-            else ctx.mail.subject
-        )
-    draft = Draft(
-        template=template,
-        context={"desk": desk, "customer_name": ctx.mail.from_name, "ticket": ticket, **context},
-        to=recipients,
-        cc=cc or [],
-        subject=subject,
-        from_address=desk.from_address,
-        from_name=desk.from_name,
-        reply_to=case_reply_to(desk.from_address, ticket.number) if ticket is not None else None,
-        in_reply_to=ctx.mail.message_id,
-        references=ctx.mail.references,
-        max_recipients=desk.max_auto_recipients,
+    mail = Mail(
+        kind=kind, template=template,
+        context={"customer_name": ctx.mail.from_name, **context},
+        to=to or [ctx.sender], cc=cc or [], ticket=ticket,
+        subject=subject if subject is not None or ticket is not None else ctx.mail.subject,
+        case_token=subject is None,  # a subject of the caller's stays as written
+        answering=answering(ctx), auto_submitted=AUTO_REPLIED, rate_limit=True,
     )
-    insert_outbox_mail(
-        ctx.session,
-        draft,
-        kind=kind,
-        ticket_id=ticket.id if ticket is not None else None,
-        inbound_id=ctx.inbound.id,
-        trigger_received_at=ctx.inbound.received_at,
-    )
-    ctx.session.execute(_INSERT_AUTO_REPLIES,
-                        [{"address": rcpt, "kind": kind, "at": ctx.now} for rcpt in recipients])
-    return True
+    return compose(ctx.session, ctx.rules, mail, now=ctx.now) is not None
 
 
 def queue_case_update(
@@ -192,20 +132,7 @@ def queue_case_update(
     to: list[str], cc: list[str] | None = None,
 ) -> None:
     """A mail on a case written by a person (a staff answer we relay): no rate limit."""
-    desk = ctx.rules.desk
-    draft = Draft(
-        template=template,
-        context={"desk": desk, "ticket": ticket, **context},
-        to=to,
-        cc=cc or [],
-        subject=case_subject(desk.case_token, ticket.number, ticket.subject),
-        from_address=desk.from_address,
-        from_name=desk.from_name,
-        reply_to=case_reply_to(desk.from_address, ticket.number),
-        in_reply_to=ctx.mail.message_id,
-        references=ctx.mail.references,
-        auto_submitted="no",
-        max_recipients=desk.max_auto_recipients,
-    )
-    insert_outbox_mail(ctx.session, draft, kind=kind, ticket_id=ticket.id,
-                       inbound_id=ctx.inbound.id, trigger_received_at=ctx.inbound.received_at)
+    compose(ctx.session, ctx.rules, Mail(
+        kind=kind, template=template, context=context, to=to, cc=cc or [], ticket=ticket,
+        answering=answering(ctx), auto_submitted=PERSON,
+    ), now=ctx.now)

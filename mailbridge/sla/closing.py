@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
@@ -26,10 +25,10 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database
+from mailbridge.outbound.compose import Mail, compose
 from mailbridge.rules import Rules, Tenant
 from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
 from mailbridge.sla.escalation import claim_action, next_seq
-from mailbridge.sla.mailing import queue_case_mail
 from mailbridge.sla.policy import auto_close_at, format_when_es
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
@@ -38,9 +37,6 @@ from mailbridge.tickets.models import (
     Ticket,
     TicketEvent,
 )
-
-if TYPE_CHECKING:
-    from mailbridge.pipeline.context import MailContext, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +91,16 @@ def send_attempt(
     closes_at = max((first_pending_at or now) + rules.closing.period,
                     now + _interval(rules) * remaining)
     to, cc = _customer_addresses(rules, ticket)
-    queue_case_mail(
-        session, rules, ticket, template=template, kind=kind, to=to, cc=cc, now=now,
-        context={"number": number, "attempts": rules.closing.attempts,
+    compose(session, rules, Mail(
+        kind=kind, template=template, to=to, cc=cc, ticket=ticket,
+        context={"now": now, "number": number, "attempts": rules.closing.attempts,
                  "final": number >= rules.closing.attempts,
                  "closes_at_es": format_when_es(closes_at, tenant.zone if tenant else UTC_ZONE),
                  "period_days": round(rules.closing.period / timedelta(days=1))},
-    )
+    ), now=now)
     session.add(TicketEvent(ticket_id=ticket.id, kind="closing_attempt", at=now,
                             data={"number": number, "seq": action.seq}))
     return action
-
-
-def request_confirmation(ctx: MailContext, ticket: Ticket) -> None:
-    """Staff set «resuelto»: ask the customer to confirm (closing attempt 1)."""
-    seq = next_seq(ctx.session, ticket.id, ACTION_CLOSING_ATTEMPT)
-    ticket.resolved_at = ctx.now
-    send_attempt(ctx.session, ctx.rules, ticket, now=ctx.now, number=1, seq=seq,
-                 first_pending_at=ctx.now, template="closing_request.txt.j2",
-                 kind="closing_request")
 
 
 def close_case(
@@ -135,35 +122,16 @@ def close_case(
     session.refresh(ticket)
     attempts = len(_attempts(session, ticket))
     to, cc = _customer_addresses(rules, ticket)
-    queue_case_mail(
-        session, rules, ticket, template="closing_closed.txt.j2", kind="closing", to=to, cc=cc,
-        now=now, context={"reason": reason, "attempts": attempts,
-                          "period_days": round(rules.closing.period / timedelta(days=1))},
-    )
+    compose(session, rules, Mail(
+        kind="closing", template="closing_closed.txt.j2", to=to, cc=cc, ticket=ticket,
+        context={"now": now, "reason": reason, "attempts": attempts,
+                 "period_days": round(rules.closing.period / timedelta(days=1))},
+    ), now=now)
     session.add(TicketEvent(ticket_id=ticket.id, kind="closed", at=now,
                             data={"reason": reason, "by": by, "attempts": attempts}))
     metrics.CASES_CLOSED.labels(reason=reason).inc()
     log.info("case closed", extra={"case": ticket.number, "reason": reason})
     return True
-
-
-def customer_answered(ctx: MailContext, ticket: Ticket) -> Outcome | None:
-    """A customer wrote on a resolved case: a confirmation closes it, anything else resets.
-
-    Returns an Outcome when the case was closed (the mail's trip ends there).
-    """
-    from mailbridge.pipeline.context import Outcome
-
-    if ctx.rules.closing.confirms(ctx.body):
-        ticket.updated_at = ctx.now
-        ctx.session.flush()
-        if close_case(ctx.session, ctx.rules, ticket, now=ctx.now, reason="confirmed",
-                      by=ctx.sender):
-            return Outcome("reply:closed-by-customer", f"case {ticket.number}")
-        return None
-    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="closing_reset", at=ctx.now,
-                                data={"by": ctx.sender}))
-    return None
 
 
 def next_attempt_due(

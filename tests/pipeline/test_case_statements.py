@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import event, select, update
 
 from mailbridge.db import Database, utcnow
-from mailbridge.pipeline.apply import insert_case
+from mailbridge.pipeline.cases import insert_case
 from mailbridge.tickets.models import STATUS_CLOSED, STATUS_IN_PROGRESS, Ticket
 from tests.pipeline.helpers import case, deliver
 from tests.support.daemon import opening_mail

@@ -84,8 +84,8 @@ class FakeClock:
 
 @contextmanager
 def pipeline_clock(at: datetime) -> Iterator[None]:
-    """The pipeline reads its `now` from mailbridge.pipeline.utcnow: fake it."""
-    with mock.patch("mailbridge.pipeline.utcnow", return_value=at):
+    """The pipeline reads its `now` from mailbridge.pipeline.runner.utcnow: fake it."""
+    with mock.patch("mailbridge.pipeline.runner.utcnow", return_value=at):
         yield
 
 
