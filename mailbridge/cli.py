@@ -23,6 +23,7 @@ class SchemaBehind(SystemExit):
 
 def _db(settings: Settings, *, behind_exit: int = 78):  # type: ignore[no-untyped-def]
     """The database, or exit with a clear sentence when its schema is not current."""
+    import mailbridge.models  # noqa: F401  (every table known: see Database)
     from mailbridge.db import Database
     from mailbridge.schema import pending_revision
 
@@ -136,7 +137,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
-    from mailbridge.tickets.service import list_tickets, ticket_summary
+    from mailbridge.views import list_tickets, ticket_summary
 
     db = _db(_settings())
     with db.reader() as session:
@@ -154,7 +155,7 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tickets_show(args: argparse.Namespace) -> int:
-    from mailbridge.tickets.service import get_ticket, ticket_json
+    from mailbridge.views import get_ticket, ticket_json
 
     db = _db(_settings())
     with db.reader() as session:
@@ -321,7 +322,7 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     from mailbridge.db import utcnow
     from mailbridge.escalation.fields import UnknownField, values_from_pairs
     from mailbridge.escalation.service import MISSING, ORIGIN_CLI, SENT, escalate
-    from mailbridge.tickets.service import get_ticket
+    from mailbridge.views import get_ticket
 
     settings = _settings()
     rules = _rules(settings)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from mailbridge.db import Database
 
 RECEIVED = Counter(
     "mailbridge_mails_received_total", "Mails offered to intake", ["channel", "outcome"]
@@ -49,18 +44,3 @@ SLA_SWEEPS = Counter("mailbridge_sla_sweeps_total", "Scheduler sweeps run", ["ki
 
 INBOUND_WAITING = Gauge("mailbridge_inbound_waiting", "Stored mails not processed yet")
 INBOUND_OLDEST = Gauge("mailbridge_inbound_oldest_seconds", "Age of the oldest unprocessed mail")
-
-
-def refresh_queue_gauges(db: Database) -> None:
-    """Queue gauges read from the database at scrape time (correct across workers)."""
-    from mailbridge.status import status_report
-
-    with db.reader() as session:
-        report = status_report(session)
-    OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
-    OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
-    OUTBOX_FAILED.set(report["outbox"]["failed"] or 0)
-    QUARANTINE_SIZE.set(report["inbound"]["quarantined"] or 0)
-    INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
-    INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)
-    ACKS_LATE.set(len(report["acks"]["overdue"]))

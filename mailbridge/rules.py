@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailbridge.parse.template import FieldSpec
-from mailbridge.sla.clocks import PlanSLA
-from mailbridge.sla.config import ClosingConfig, EscalationConfig
+from mailbridge.service_levels.clocks import PlanSLA
+from mailbridge.service_levels.config import ClosingConfig, EscalationConfig
 
 log = logging.getLogger(__name__)
 

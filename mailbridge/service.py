@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from mailbridge import metrics
+import mailbridge.models  # noqa: F401  (every table known: see Database)
 from mailbridge.db import Database
 from mailbridge.intake.imap import ImapPollers
 from mailbridge.intake.imap_config import load_imap_accounts
@@ -24,6 +24,7 @@ from mailbridge.rules import RulesHolder
 from mailbridge.schema import pending_revision
 from mailbridge.settings import Settings
 from mailbridge.sla.jobs import SlaScheduler
+from mailbridge.status import refresh_queue_gauges
 from mailbridge.systemd import notify, watchdog_interval
 from mailbridge.web import HttpServer
 
@@ -98,7 +99,7 @@ class Service:
         http_host, http_port = self.settings.http_address
         self.http = HttpServer(
             http_host, http_port, self.readiness,
-            before_metrics=lambda: metrics.refresh_queue_gauges(self.db),
+            before_metrics=lambda: refresh_queue_gauges(self.db),
         )
         self.http.start()
         self.worker.start()

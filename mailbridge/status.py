@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailbridge.db import utcnow
+from mailbridge import metrics
+from mailbridge.db import Database, utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
 from mailbridge.sla.cases import acks_sent_late, sla_status
 from mailbridge.spool import STATE_NEW, STATE_QUARANTINED, InboundMail
@@ -135,3 +136,16 @@ def quarantine_entry(row: InboundMail, *, full: bool = False) -> dict[str, Any]:
         "error": error if full else (error.strip().splitlines() or [""])[-1],
     }
     return entry
+
+
+def refresh_queue_gauges(db: Database) -> None:
+    """Queue gauges read from the database at scrape time (correct across workers)."""
+    with db.reader() as session:
+        report = status_report(session)
+    metrics.OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
+    metrics.OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
+    metrics.OUTBOX_FAILED.set(report["outbox"]["failed"] or 0)
+    metrics.QUARANTINE_SIZE.set(report["inbound"]["quarantined"] or 0)
+    metrics.INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
+    metrics.INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)
+    metrics.ACKS_LATE.set(len(report["acks"]["overdue"]))

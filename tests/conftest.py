@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import mailbridge.models  # noqa: F401  (every table known before a database opens)
 from mailbridge.db import Database
 from mailbridge.rules import Rules, load_rules
 from mailbridge.schema import upgrade

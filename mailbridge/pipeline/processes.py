@@ -299,6 +299,7 @@ class _Flag:
 
 
 def child_main() -> int:
+    # The pipeline's own imports register every table it writes (see Database).
     from mailbridge.db import Database
     from mailbridge.logs import setup_logging
     from mailbridge.memory import tune_malloc

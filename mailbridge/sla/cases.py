@@ -10,8 +10,8 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from mailbridge.rules import Rules, Tenant
-from mailbridge.sla.calendars import BusinessCalendar, require_aware
-from mailbridge.sla.clocks import (
+from mailbridge.service_levels.calendars import BusinessCalendar, require_aware
+from mailbridge.service_levels.clocks import (
     STATUS_LABELS_ES,
     ClockStatus,
     PlanSLA,

@@ -27,9 +27,9 @@ from mailbridge import metrics
 from mailbridge.db import Database
 from mailbridge.outbound.compose import Mail, compose
 from mailbridge.rules import Rules, Tenant
+from mailbridge.service_levels.policy import auto_close_at, format_when_es
 from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
 from mailbridge.sla.escalation import claim_action, next_seq
-from mailbridge.sla.policy import auto_close_at, format_when_es
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_RESOLVED,

@@ -24,15 +24,15 @@ from mailbridge import metrics
 from mailbridge.outbound.compose import Mail, compose
 from mailbridge.parse.fieldvalues import fold
 from mailbridge.rules import Rules, Tenant
-from mailbridge.sla.calendars import BusinessCalendar
-from mailbridge.sla.cases import last_desk_update, tenant_calendar
-from mailbridge.sla.config import EscalationConfig
-from mailbridge.sla.policy import (
+from mailbridge.service_levels.calendars import BusinessCalendar
+from mailbridge.service_levels.config import EscalationConfig
+from mailbridge.service_levels.policy import (
     CaseView,
     EscalationDecision,
     escalation_decision,
     format_when_es,
 )
+from mailbridge.sla.cases import last_desk_update, tenant_calendar
 from mailbridge.tickets.models import (
     STATUS_IN_PROGRESS,
     STATUS_INCOMPLETE,

@@ -26,9 +26,9 @@ from mailbridge import metrics
 from mailbridge.db import Database
 from mailbridge.outbound.outbox import OutboxMail
 from mailbridge.rules import Rules
-from mailbridge.sla.calendars import require_aware
+from mailbridge.service_levels.calendars import require_aware
+from mailbridge.service_levels.config import EscalationConfig
 from mailbridge.sla.closing import sweep_closing
-from mailbridge.sla.config import EscalationConfig
 from mailbridge.sla.escalation import (
     ACTION_ESCALATION,
     ESCALATABLE_STATUSES,

@@ -10,7 +10,7 @@ from mailbridge.pipeline import Pipeline, ProcessResult
 from mailbridge.rules import Rules, parse_rules
 from mailbridge.settings import Settings
 from mailbridge.spool import new_inbound, store_inbound
-from mailbridge.tickets.service import get_ticket, ticket_json
+from mailbridge.views import get_ticket, ticket_json
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = REPO / "tests" / "messages"

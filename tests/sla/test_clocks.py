@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mailbridge.sla.calendars import BusinessCalendar
-from mailbridge.sla.clocks import (
+from mailbridge.service_levels.calendars import BusinessCalendar
+from mailbridge.service_levels.clocks import (
     PREMIUM_SLA,
     PROFESIONAL_SLA,
     SEED_PLANS,

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 
-from mailbridge.sla.calendars import BusinessCalendar, parse_hours_spec, require_aware
+from mailbridge.service_levels.calendars import BusinessCalendar, parse_hours_spec, require_aware
 
 Severity = Literal["URGENTE", "ALTA", "MEDIA", "BAJA"]
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mailbridge.parse.fieldvalues import fold
-from mailbridge.sla.clocks import Severity
-from mailbridge.sla.policy import ClosingRules, EscalationRules
+from mailbridge.service_levels.clocks import Severity
+from mailbridge.service_levels.policy import ClosingRules, EscalationRules
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
