@@ -53,8 +53,24 @@ class Desk(_Strict):
     # No automatic mail goes to more people than this (sender and copies together): a mail
     # with 30 addresses in Cc must not make the desk mail 31 (hostile round 2).
     max_auto_recipients: int = Field(default=10, ge=1, le=100)
+    # The desk's own zone: times in mail to staff (a case's due time) are written in it.
+    timezone: str = "America/Bogota"
+    # A response clock is "en_riesgo" once this share of its target has gone by; then its
+    # owner (else its queue) is warned, once (seed 003's targets kept, not just measured).
+    sla_warning_share: float = Field(default=0.75, gt=0, lt=1)
 
     _addr = field_validator("from_address")(_check_email)
+
+    @field_validator("timezone")
+    @classmethod
+    def _desk_zone(cls, value: str) -> str:
+        if value not in available_timezones():
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. America/Bogota)")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @field_validator("staff_domains")
     @classmethod
@@ -69,6 +85,20 @@ class Desk(_Strict):
     @property
     def from_domain(self) -> str:
         return self.from_address.rsplit("@", 1)[1]
+
+
+class Queue(_Strict):
+    """A queue of the desk and the people who work it (a list, or agents' addresses):
+    they hear of every new case in it, of customers' follow-ups and vendors' answers on
+    the cases nobody owns yet, and of SLA warnings on those."""
+
+    label: str | None = None
+    notify: list[str] = Field(default_factory=list)
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: list[str]) -> list[str]:
+        return [_check_email(v) for v in value]
 
 
 class SupportAddress(_Strict):
@@ -277,6 +307,8 @@ class Rules(_Strict):
 
     desk: Desk
     addresses: list[SupportAddress] = Field(min_length=1)
+    # The desk's queues by name (the `queue` of an address), each with its people.
+    queues: dict[str, Queue] = Field(default_factory=dict)
     priorities: dict[Priority, PriorityLevel]
     template: OpeningTemplate = Field(default_factory=OpeningTemplate)
     tenant_pattern: str
@@ -305,6 +337,10 @@ class Rules(_Strict):
             if entry.address in seen:
                 raise _PlacedError(("addresses", index, "address"), "address listed twice")
             seen.add(entry.address)
+            if self.queues and entry.queue not in self.queues:
+                raise _PlacedError(("addresses", index, "queue"),
+                                   f"unknown queue {entry.queue!r} "
+                                   f"(known: {', '.join(sorted(self.queues))})")
         ids: set[str] = set()
         for index, tenant in enumerate(self.tenants):
             if tenant.id.upper() in ids:
@@ -390,6 +426,11 @@ class Rules(_Strict):
             return False
         local, _, domain = address.strip().lower().partition("@")
         return f"{local.split('+', 1)[0]}@{domain}" == wanted
+
+    def queue_notify(self, queue: str | None) -> list[str]:
+        """The people of a queue (empty when the queue has none or is unknown)."""
+        found = self.queues.get(queue or "")
+        return list(found.notify) if found is not None else []
 
     def tenant(self, tenant_id: str | None) -> Tenant | None:
         return self._tenant_map.get(tenant_id.upper()) if tenant_id else None

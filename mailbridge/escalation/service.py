@@ -72,11 +72,14 @@ def staff_recipients(
     session: Session, rules: Rules, ticket: Ticket, target: EscalationTarget,
     reference: VendorReference | None = None,
 ) -> list[str]:
-    """The case's staff participants (who escalated, who wrote on it), else the target's
-    `notify` addresses: a target's words go to staff, never to the customer."""
-    people: list[str] = []
+    """Who at the desk hears what a target said (never the customer): the case's owner,
+    else who escalated it, else the staff who wrote on it, else its queue, else the
+    target's `notify` addresses."""
+    if ticket.owner:
+        return [ticket.owner]
     if reference is not None and reference.requested_by and rules.is_staff(reference.requested_by):
-        people.append(reference.requested_by)
+        return [reference.requested_by]
+    people: list[str] = []
     for sender in session.scalars(
         select(TicketMessage.sender)
         .where(TicketMessage.ticket_id == ticket.id, TicketMessage.author_role == "staff")
@@ -84,7 +87,7 @@ def staff_recipients(
     ):
         if rules.is_staff(sender) and sender not in people:
             people.append(sender)
-    return people or list(target.notify)
+    return people or rules.queue_notify(ticket.queue) or list(target.notify)
 
 
 def _opening_text(session: Session, ticket: Ticket) -> str:

@@ -132,6 +132,13 @@ def compose(session: Session, rules: Rules, mail: Mail, *,
     return message_id
 
 
+def case_staff(rules: Rules, ticket: Ticket) -> list[str]:
+    """Who at the desk hears of a case: its owner, else the people of its queue."""
+    if ticket.owner:
+        return [ticket.owner]
+    return rules.queue_notify(ticket.queue)
+
+
 def may_be_copied(rules: Rules, ticket: Ticket, address: str) -> bool:
     """Whether a copy of the case's mail may go to `address` (hostile round 2: a Cc list
     must not turn the desk's mail into a mailing): staff, the tenant's own people, or

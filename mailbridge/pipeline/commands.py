@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 from mailbridge.parse.replies import StaffCommand
 from mailbridge.pipeline.context import MailContext
-from mailbridge.pipeline.lifecycle import request_confirmation
+from mailbridge.pipeline.desk import take_ownership
+from mailbridge.pipeline.lifecycle import end_wait, request_confirmation, start_wait
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_IN_PROGRESS,
     STATUS_OPEN,
     STATUS_RESOLVED,
+    STATUS_WAITING,
     Ticket,
     TicketEvent,
 )
@@ -25,6 +27,9 @@ SETTABLE_STATUSES = {
     "progreso": STATUS_IN_PROGRESS,
     "resuelto": STATUS_RESOLVED,
     "cerrado": STATUS_CLOSED,
+    "esperando_cliente": STATUS_WAITING,
+    "esperando-cliente": STATUS_WAITING,
+    "esperando": STATUS_WAITING,
 }
 
 
@@ -47,6 +52,16 @@ def _estado(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResul
     ticket.status = wanted
     if wanted == STATUS_CLOSED:
         ticket.closed_at = ctx.now
+    if wanted == STATUS_WAITING and old != STATUS_WAITING:
+        start_wait(ctx, ticket)
+    elif wanted != STATUS_WAITING and old == STATUS_WAITING:
+        end_wait(ctx, ticket)
+    if wanted == STATUS_WAITING:
+        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now,
+                                    data={"from": old, "to": wanted, "by": ctx.sender}))
+        return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»; el "
+                             "plazo de respuesta queda en pausa y, si el cliente no contesta, "
+                             "se le recordará y el caso se cerrará como dice la regla de cierre")
     ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now,
                                 data={"from": old, "to": wanted, "by": ctx.sender}))
     if wanted == STATUS_RESOLVED and old != STATUS_RESOLVED:
@@ -107,6 +122,28 @@ def _escalar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResu
     return CommandResult(cmd.line, result.ok, result.message)
 
 
+_ME = {"yo", "me", "mi", "mí"}
+
+
+def _asignar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
+    """«#asignar persona@mesa.example» or «#asignar yo»: the case's owner (staff only)."""
+    wanted = (cmd.args[0] if cmd.args else "").strip("<>,;").lower()
+    owner = ctx.sender if wanted in _ME else wanted
+    if not owner or not _ADDRESS_RE.match(owner):
+        return CommandResult(cmd.line, False, "indique a quién: «#asignar persona@dominio» o "
+                             "«#asignar yo»")
+    if not ctx.rules.is_staff(owner):
+        domains = ", ".join(ctx.rules.desk.staff_domains)
+        return CommandResult(cmd.line, False, f"{owner} no es de la mesa ({domains}): el "
+                             "propietario de un caso es alguien de la mesa")
+    if ticket.owner == owner:
+        return CommandResult(cmd.line, True, f"{owner} ya es el propietario del caso")
+    previous = ticket.owner
+    take_ownership(ctx, ticket, owner, why="assigned")
+    before = f" (antes {previous})" if previous else ""
+    return CommandResult(cmd.line, True, f"propietario del caso: {owner}{before}")
+
+
 _ADDRESS_RE = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
@@ -155,10 +192,11 @@ def _cc(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
 
 
 COMMANDS: dict[str, tuple[Handler, str]] = {
-    "estado": (_estado, "#estado abierto|en_progreso|resuelto|cerrado"),
+    "estado": (_estado, "#estado abierto|en_progreso|esperando_cliente|resuelto|cerrado"),
     "prioridad": (_prioridad, "#prioridad A|B|C"),
     "escalar": (_escalar, "#escalar <destino> (y una línea «Etiqueta: valor» por dato)"),
     "cc": (_cc, "#cc persona@dominio (o «#cc -persona@dominio» para quitarla)"),
+    "asignar": (_asignar, "#asignar persona@mesa.example (o «#asignar yo»)"),
 }
 
 

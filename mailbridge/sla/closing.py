@@ -32,7 +32,9 @@ from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
 from mailbridge.sla.escalation import claim_action, next_seq
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
+    STATUS_INCOMPLETE,
     STATUS_RESOLVED,
+    STATUS_WAITING,
     CaseAction,
     Ticket,
     TicketEvent,
@@ -105,22 +107,26 @@ def send_attempt(
 
 def close_case(
     session: Session, rules: Rules, ticket: Ticket, *, now: datetime, reason: str,
-    by: str | None = None,
+    by: str | None = None, from_statuses: tuple[str, ...] = (STATUS_RESOLVED,),
 ) -> bool:
-    """Close a resolved case once (the UPDATE's WHERE is the guard), with the closing mail.
+    """Close a case once (the UPDATE's WHERE is the guard), with the closing mail.
 
-    `reason` is "confirmed" (the customer said so) or "no_answer" (seed 003's attempts).
+    `reason`: "confirmed" (the customer confirmed the resolution), "asked" (the customer
+    asked to close a case still open), "no_answer" (seed 003's attempts on a resolved
+    case), "no_answer_waiting" (the customer never answered what the desk waited for).
     """
     closed = session.execute(
         update(Ticket)
-        .where(Ticket.id == ticket.id, Ticket.status == STATUS_RESOLVED)
-        .values(status=STATUS_CLOSED, closed_at=now, updated_at=now)
+        .where(Ticket.id == ticket.id, Ticket.status.in_(from_statuses))
+        .values(status=STATUS_CLOSED, closed_at=now, updated_at=now, waiting_since=None,
+                response_paused_at=None)
         .execution_options(synchronize_session=False)
     )
     if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False
     session.refresh(ticket)
-    attempts = len(_attempts(session, ticket))
+    attempts = len(_attempts(session, ticket)) if reason != "no_answer_waiting" else \
+        rules.closing.attempts
     to, cc = _customer_addresses(rules, ticket)
     compose(session, rules, Mail(
         kind="closing", template="closing_closed.txt.j2", to=to, cc=cc, ticket=ticket,
@@ -144,6 +150,69 @@ def next_attempt_due(
     due = base + _interval(rules)
     calendar = tenant_calendar(rules, tenant)
     return calendar.next_opening(due) if calendar is not None else due
+
+
+ACTION_CHASE_ATTEMPT = "chase_attempt"
+WAITING_STATUSES = (STATUS_INCOMPLETE, STATUS_WAITING)
+
+
+def sweep_chase(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:
+    """Chase the customers the desk waits on (an `incompleto` case's missing fields, or a
+    case staff set to `esperando_cliente`): seed 003's attempts over the closing period,
+    the first being the mail that asked (the acknowledgement, or the staff's answer);
+    then the case closes with a last mail. An answer ends the wait (pipeline). Returns
+    (attempts sent, cases closed)."""
+    with db.reader() as session:
+        ids = session.scalars(
+            select(Ticket.id).where(Ticket.status.in_(WAITING_STATUSES),
+                                    Ticket.waiting_since.is_not(None),
+                                    Ticket.waiting_since <= now - _interval(rules))
+        ).all()
+    sent = closed = 0
+    for ticket_id in ids:
+        with db.transaction() as session:
+            ticket = session.get(Ticket, ticket_id)
+            if ticket is None or ticket.status not in WAITING_STATUSES \
+                    or ticket.waiting_since is None:
+                continue
+            since = ticket.waiting_since
+            made = sorted(a.at for a in session.scalars(
+                select(CaseAction).where(CaseAction.ticket_id == ticket.id,
+                                         CaseAction.kind == ACTION_CHASE_ATTEMPT,
+                                         CaseAction.at >= since)) if a.at <= now)
+            pending = [since, *made]  # the mail that asked is the first contact
+            close_at = closes_at(pending, rules)
+            if close_at is not None:
+                if now >= close_at and close_case(
+                        session, rules, ticket, now=now, reason="no_answer_waiting",
+                        from_statuses=WAITING_STATUSES):
+                    closed += 1
+                continue
+            due = next_attempt_due(pending, since, rules, rules.tenant(ticket.tenant_id))
+            if now < due:
+                continue
+            seq = next_seq(session, ticket.id, ACTION_CHASE_ATTEMPT)
+            number = len(pending) + 1
+            if claim_action(session, ticket.id, ACTION_CHASE_ATTEMPT, seq, now,
+                            {"number": number}) is None:
+                continue
+            tenant = rules.tenant(ticket.tenant_id)
+            remaining = max(rules.closing.attempts - number + 1, 1)
+            closing = max(since + rules.closing.period, now + _interval(rules) * remaining)
+            to, cc = _customer_addresses(rules, ticket)
+            compose(session, rules, Mail(
+                kind="chase_attempt", template="chase_attempt.txt.j2", to=to, cc=cc,
+                ticket=ticket,
+                context={"now": now, "number": number, "attempts": rules.closing.attempts,
+                         "final": number >= rules.closing.attempts,
+                         "missing": [rules.template.label(k) for k in ticket.missing_fields],
+                         "closes_at_es": format_when_es(
+                             closing, tenant.zone if tenant else UTC_ZONE)},
+            ), now=now)
+            session.add(TicketEvent(ticket_id=ticket.id, kind="chase_attempt", at=now,
+                                    data={"number": number, "seq": seq}))
+            sent += 1
+    return sent, closed
 
 
 def sweep_closing(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:

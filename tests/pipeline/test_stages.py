@@ -37,8 +37,8 @@ from mailbridge.rules import Rules, parse_rules
 from mailbridge.settings import Settings
 from mailbridge.spool import claim, new_inbound, store_inbound
 from mailbridge.tickets.models import STATUS_CLOSED, Ticket, TicketMessage
-from tests.pipeline.helpers import REPO
 from tests.support.daemon import COMPLETE_BODY
+from tests.support.rules import quiet_desk_text
 
 OPENING_SUBJECT = "TEN-1001 Caída del servicio de correo"
 
@@ -248,19 +248,20 @@ def test_vendor_follow_up(db, settings, rules) -> None:
     assert queued(db) == []  # nothing relayed to the customer
 
 
-def test_apply(db, settings, rules) -> None:
-    with context(db, settings, rules, raw_mail()) as ctx:
+def test_apply(db, settings, demo_rules) -> None:
+    with context(db, settings, demo_rules, raw_mail()) as ctx:
         for stage in (Route(), Senders(), Redact(), Validate()):
             stage.run(ctx)
         assert Apply().run(ctx) is None  # it records the outcome; the stages after it go on
         assert ctx.outcome is not None and ctx.outcome.name == "ticket"
         assert ctx.opened_case and ctx.ticket is not None and ctx.ticket.number == 1
-    assert queued(db) == [("ack", ["ana@compensar.example"])]
+    # The customer's acknowledgement, and the queue's people told of the new case.
+    assert queued(db) == [("ack", ["ana@compensar.example"]),
+                          ("staff_new_case", ["agentes-a@mesa.example"])]
 
 
 def _auto_escalating_rules() -> Rules:
-    text = (REPO / "rules.yaml").read_text(encoding="utf-8")
-    text = text.replace("products: [INBOUND]\n    auto_escalate: {enabled: false}",
+    text = quiet_desk_text().replace("products: [INBOUND]\n    auto_escalate: {enabled: false}",
                         "products: [INBOUND]\n    auto_escalate: {enabled: true}")
     return parse_rules(text)
 

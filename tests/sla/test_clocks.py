@@ -162,6 +162,7 @@ def test_status_labels_are_spanish() -> None:
         "en_riesgo": "En riesgo",
         "vencido": "Vencido",
         "cumplido": "Cumplido",
+        "en_pausa": "En pausa (esperando al cliente)",
     }
 
 

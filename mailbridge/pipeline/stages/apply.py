@@ -21,14 +21,14 @@ from mailbridge.pipeline.context import (
     MailContext,
     Outcome,
 )
-from mailbridge.pipeline.lifecycle import customer_answered
+from mailbridge.pipeline.desk import take_ownership, tell_of_follow_up, tell_queue_of_new_case
+from mailbridge.pipeline.lifecycle import customer_wrote
 from mailbridge.pipeline.mailing import queue_auto_reply, queue_case_update
 from mailbridge.sla.cases import start_response_clock
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_INCOMPLETE,
     STATUS_OPEN,
-    STATUS_RESOLVED,
     Ticket,
     TicketEvent,
 )
@@ -101,6 +101,9 @@ class Apply:
                 "secret_kinds": ctx.secret_kinds,
             },
         )
+        if ticket.missing_fields:
+            ticket.waiting_since = ctx.now  # the acknowledgement asked: chased from here
+        tell_queue_of_new_case(ctx, ticket)
         ctx.opened_case = True  # counted in mailbridge_tickets_created_total once committed
         return Outcome("ticket", f"case {ticket.number}")
 
@@ -114,6 +117,7 @@ class Apply:
                    {"sender": ctx.sender, "message_id": ctx.mail.message_id})
         queue_auto_reply(ctx, template="look_alike.txt.j2", kind="look_alike", ticket=ticket,
                          context={"subject": ctx.mail.subject})
+        tell_of_follow_up(ctx, ticket, what="look_alike")
         return Outcome("reply:look-alike", f"case {ticket.number}")
 
     # -- a message on an existing case -------------------------------------------
@@ -122,9 +126,10 @@ class Apply:
         ticket.updated_at = ctx.now
         take_copies(ctx, ticket)
         record_secrets(ctx, ticket)
-        if ticket.status == STATUS_RESOLVED and ctx.sender_role == ROLE_CUSTOMER:
-            # Seed 003: a confirmation closes the case; any other answer resets the attempts.
-            closed = customer_answered(ctx, ticket)
+        told = False
+        if ctx.sender_role == ROLE_CUSTOMER and ticket.status != STATUS_CLOSED:
+            # Seed 003: a confirmation closes, another answer on a resolved case reopens it.
+            closed, told = customer_wrote(ctx, ticket)
             if closed is not None:
                 return closed
         if ticket.status == STATUS_CLOSED and ctx.sender_role != ROLE_STAFF:
@@ -135,13 +140,18 @@ class Apply:
             queue_auto_reply(ctx, template="case_notice.txt.j2", kind="notice", ticket=ticket,
                              context={"secret_kinds": ctx.secret_kinds,
                                       "fields_completed": ctx.fields_completed})
+        if not told:
+            tell_of_follow_up(ctx, ticket)
         return Outcome("reply", f"case {ticket.number} by {ctx.threaded_by}")
 
     def _staff_reply(self, ctx: MailContext, ticket: Ticket) -> Outcome:
-        if ticket.first_response_at is None and ctx.body.strip():
+        answered = bool(ctx.body.strip())
+        if ticket.first_response_at is None and answered:
             ticket.first_response_at = ctx.now
             ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="first_response", at=ctx.now,
                                         data={"by": ctx.sender}))
+        if ticket.owner is None and answered:
+            take_ownership(ctx, ticket, ctx.sender, why="first_answer")
         results = apply_commands(ctx, ticket)
         if results:
             # Confirmed to the staff member only; rate limits do not apply to staff.
