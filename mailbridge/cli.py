@@ -141,7 +141,13 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
 
     db = _db(_settings())
     with db.reader() as session:
-        found = list_tickets(session, status=args.status, tenant_id=args.tenant, limit=args.limit)
+        try:
+            found = list_tickets(session, status=args.status, tenant_id=args.tenant,
+                                 owner=args.owner, queue=args.queue, priority=args.priority,
+                                 sla_state=args.sla, limit=args.limit)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 64
         tickets = [ticket_summary(t) for t in found]
     if args.json:
         _print_json(tickets)
@@ -385,6 +391,34 @@ def cmd_escalation_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Every scheduled sweep once at `--now` (the scheduler's own code; idempotent)."""
+    from datetime import UTC, datetime
+
+    from mailbridge.db import utcnow
+    from mailbridge.sla.sweep import sweep_all
+
+    settings = _settings()
+    rules = _rules(settings)
+    now = utcnow()
+    if args.now:
+        try:
+            now = datetime.fromisoformat(args.now)
+        except ValueError:
+            print(f"error: --now {args.now!r} is not an ISO 8601 time", file=sys.stderr)
+            return 64
+        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    results = sweep_all(_db(settings), rules, now)
+    report = {"now": now.isoformat(), "sweeps": {k: r.done for k, r in results.items()}}
+    if args.json:
+        _print_json(report)
+    else:
+        for kind, done in report["sweeps"].items():
+            figures = ", ".join(f"{k} {v}" for k, v in done.items()) or "nothing to do"
+            print(f"{kind}: {figures}")
+    return 0
+
+
 def _redacted_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -418,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--status")
     ls.add_argument("--tenant")
+    ls.add_argument("--owner", help="staff address; '-' for the cases nobody owns")
+    ls.add_argument("--queue")
+    ls.add_argument("--priority", choices=["A", "B", "C", "a", "b", "c"])
+    ls.add_argument("--sla", choices=["a_tiempo", "en_riesgo", "vencido", "cumplido", "en_pausa"],
+                    help="the response clock's state")
     ls.add_argument("--limit", type=int, default=100)
     ls.set_defaults(func=cmd_tickets_list)
     show = tsub.add_parser("show", help="one case")
@@ -462,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--now", help="ISO 8601 time to judge lateness at (default: now)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_escalation_sweep)
+
+    p = sub.add_parser("sweep", help="run every scheduled sweep once (acks, response clock, "
+                       "warnings, escalation, closing and chase, vendors)")
+    p.add_argument("--now", help="ISO 8601 instant to run them at (default: now; no zone = UTC)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("check-config", help="validate settings and rules.yaml")
     p.set_defaults(func=cmd_check_config)

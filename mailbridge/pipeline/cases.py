@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from mailbridge.db import UTCDateTime
+from mailbridge.parse.replies import close_subjects, subject_words
 from mailbridge.pipeline.context import ROLE_STAFF, MailContext
 from mailbridge.tickets.evidence import store_evidence
 from mailbridge.tickets.models import (
@@ -27,6 +28,17 @@ _INSERT_MESSAGE = insert(TicketMessage.__table__).returning(TicketMessage.__tabl
 _INSERT_EVENT = insert(TicketEvent.__table__)
 _INSERT_ATTACHMENTS = insert(Attachment.__table__)
 _TICKETS = Ticket.__table__.c
+LOOK_ALIKE_SCAN = 50
+_OPEN_SUBJECTS = (
+    select(_TICKETS.id, _TICKETS.subject_key)
+    .where(
+        _TICKETS.tenant_id == bindparam("tenant_id"),
+        _TICKETS.status.in_(OPEN_STATUSES),
+        _TICKETS.created_at >= bindparam("since", type_=UTCDateTime),
+    )
+    .order_by(_TICKETS.created_at.desc())
+    .limit(LOOK_ALIKE_SCAN)
+)
 _LOOK_ALIKE = (
     select(_TICKETS.id)
     .where(
@@ -140,15 +152,23 @@ def _record_attachments(ctx: MailContext, ticket: Ticket, message_pk: int) -> No
 
 
 def find_look_alike(ctx: MailContext, subject_key: str) -> Ticket | None:
-    """An open case of the same tenant with the same normalised subject, recently opened.
+    """An open case of the same tenant about the same issue, recently opened: the same
+    normalised subject, else a close one ("Fallan los reportes" / "Falla en reportes").
 
-    Every opening asks; few find one. The question reads one column, and the case is
-    loaded only when there is one.
+    Every opening asks; few find one. The exact question reads one column; the close one
+    reads the subjects of the tenant's open cases in the window (at most LOOK_ALIKE_SCAN,
+    newest first), and the case is loaded only when there is one.
     """
     if not subject_key or ctx.tenant_id is None:
         return None
     window = timedelta(hours=ctx.rules.desk.duplicate_window_hours)
-    ticket_id = ctx.session.execute(_LOOK_ALIKE, {
-        "tenant_id": ctx.tenant_id, "subject_key": subject_key, "since": ctx.now - window,
-    }).scalar()
+    params = {"tenant_id": ctx.tenant_id, "subject_key": subject_key, "since": ctx.now - window}
+    ticket_id = ctx.session.execute(_LOOK_ALIKE, params).scalar()
+    if ticket_id is None:
+        words = subject_words(subject_key, ignore=ctx.tenant_id)
+        if len(words) >= 2:
+            for candidate_id, key in ctx.session.execute(_OPEN_SUBJECTS, params):
+                if close_subjects(words, subject_words(key, ignore=ctx.tenant_id)):
+                    ticket_id = candidate_id
+                    break
     return ctx.session.get(Ticket, ticket_id) if ticket_id is not None else None

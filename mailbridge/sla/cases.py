@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from mailbridge.rules import Rules, Tenant
@@ -133,6 +133,26 @@ def response_state(ticket: Ticket, now: datetime) -> ClockStatus | None:
         return "vencido"
     at_risk = ticket.response_at_risk_at or due
     return "en_riesgo" if now >= at_risk else "a_tiempo"
+
+
+def clock_state_is(state: str, now: datetime) -> ColumnElement[bool]:
+    """SQL for "the response clock's state at `now` is `state`" (`response_state` in SQL),
+    for listing cases by SLA state."""
+    t = Ticket
+    running = and_(t.response_due_at.is_not(None), t.first_response_at.is_(None))
+    conditions: dict[str, ColumnElement[bool]] = {
+        "en_pausa": and_(running, t.response_paused_at.is_not(None)),
+        "vencido": or_(and_(running, t.response_paused_at.is_(None), t.response_due_at < now),
+                       t.first_response_at > t.response_due_at),
+        "en_riesgo": and_(running, t.response_paused_at.is_(None), t.response_due_at >= now,
+                          func.coalesce(t.response_at_risk_at, t.response_due_at) <= now),
+        "a_tiempo": and_(running, t.response_paused_at.is_(None),
+                         func.coalesce(t.response_at_risk_at, t.response_due_at) > now),
+        "cumplido": t.first_response_at <= t.response_due_at,
+    }
+    if state not in conditions:
+        raise ValueError(f"unknown SLA state {state!r} (known: {', '.join(conditions)})")
+    return conditions[state]
 
 
 def _iso(value: datetime | None) -> str | None:
