@@ -104,7 +104,25 @@ class MetricsEndpoint:
                 await run_in_threadpool(self.before)
             except Exception:  # a scrape must answer even when the database does not
                 log.exception("refreshing queue gauges failed")
-        await self.app(scope, receive, send)
+        # With a Content-Length, as the WSGI server before (uvicorn would send it chunked):
+        # the exposition comes in one body message.
+        start: dict[str, Any] = {}
+
+        async def with_length(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if start and not message.get("more_body", False):
+                headers = [h for h in start.get("headers", []) if h[0].lower() != b"content-length"]
+                headers.append((b"content-length", str(len(message.get("body", b""))).encode()))
+                await send({**start, "headers": headers})
+                start.clear()
+            elif start:
+                await send(dict(start))
+                start.clear()
+            await send(message)
+
+        await self.app(scope, receive, with_length)
 
 
 _REQUEST_IN = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
