@@ -9,6 +9,7 @@ connection is answered 503 and closed at once, and no connection costs a thread.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -94,7 +95,9 @@ def get(path: str, method: str = "GET") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
 
 
-def test_listens_on_loopback_by_default() -> None:
+def test_listens_on_loopback_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("MAILBRIDGE_")]:
+        monkeypatch.delenv(key)  # the defaults, not the developer's settings
     settings = Settings(_env_file=None)
     assert settings.http_address == ("127.0.0.1", 8025)
     assert (settings.http_max_connections, settings.http_timeout,

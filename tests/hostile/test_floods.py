@@ -11,11 +11,14 @@ and those failures are logged once a second while the listener waits.
 
 from __future__ import annotations
 
+import os
 import smtplib
 import socket
 import time
 import urllib.request
 from collections.abc import Callable
+
+import pytest
 
 from mailbridge.limits import fd_reserve, smtp_connection_cap
 from mailbridge.settings import Settings
@@ -58,7 +61,9 @@ def served(daemon: Daemon, source: str, timeout: float = 10.0) -> None:
             time.sleep(0.1)
 
 
-def test_default_cap_is_derived_from_the_fd_limit() -> None:
+def test_default_cap_is_derived_from_the_fd_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("MAILBRIDGE_")]:
+        monkeypatch.delenv(key)  # the defaults, not the developer's settings
     settings = Settings(_env_file=None)
     assert settings.max_connections == 0
     reserve = fd_reserve(settings)
