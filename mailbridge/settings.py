@@ -109,6 +109,26 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json or text")
 
+    # Listener limits under floods (docs/reliability.md, "Connection limits").
+    max_connections: int = Field(
+        default=0, ge=0,
+        description="concurrent SMTP connections in all; more get 421. 0 = derived from the "
+        "file-descriptor limit (RLIMIT_NOFILE) less what the database and HTTP need",
+    )
+    http_max_connections: int = Field(
+        default=64, ge=1,
+        description="HTTP connections served at once; past it requests get 503, and past "
+        "twice as many a connection is answered 503 and closed at once",
+    )
+    http_timeout: float = Field(
+        default=10.0, gt=0,
+        description="seconds an HTTP request may take to arrive in full; then the connection "
+        "is closed",
+    )
+    http_keepalive_timeout: int = Field(
+        default=5, ge=1, description="seconds an idle HTTP keep-alive connection stays open"
+    )
+
     @field_validator("relay", mode="before")
     @classmethod
     def _empty_relay_is_none(cls, value: object) -> object:
