@@ -156,6 +156,7 @@ def test_a_socket_left_by_a_killed_daemon_is_replaced(make_daemon, sink, tmp_pat
     other_dir = daemon.data_dir.parent / "other"
     settings = {k: v for k, v in daemon.env.items() if k.startswith("MAILBRIDGE_")}
     other = Daemon(other_dir, {**settings, "MAILBRIDGE_DATA_DIR": str(other_dir)})
+    other.upgrade()
     with pytest.raises(AssertionError, match="another process listens"):
         other.start(timeout=15)
     assert daemon.stop() == 0
