@@ -20,6 +20,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    tls: bool = False  # came over TLS (STARTTLS or implicit)
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -56,7 +58,11 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         with self.lock:
-            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), raw))
+            self.received.append(Received(
+                envelope.mail_from or "", list(envelope.rcpt_tos), raw,
+                tls=session.ssl is not None or (server.transport is not None
+                and server.transport.get_extra_info("sslcontext") is not None),
+                mail_options=list(envelope.mail_options)))
         return "250 OK"
 
 
