@@ -21,6 +21,8 @@ from mailbridge.intake.imap_config import load_imap_accounts
 from mailbridge.intake.smtp import IntakeHandler, ServerTls, SpoolWriter, smtp_factory
 from mailbridge.limits import check_fd_budget, throttle_accept_errors
 from mailbridge.memory import tune_malloc
+from mailbridge.oauth import REGISTRY as OAUTH_TOKENS
+from mailbridge.oauth import relay_token_source
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.pipeline import Pipeline, PipelineWorker
 from mailbridge.pipeline.processes import PipelineProcesses
@@ -54,6 +56,14 @@ class Service:
         # SLA timers (APScheduler, jobs in this database): escalations, closing, late acks.
         self.sla = SlaScheduler(self.db, settings, self.rules, on_outbox=self.sender.wakeup.set)
         accounts = load_imap_accounts(settings.imap_accounts, path=settings.imap_accounts_file)
+        # OAuth2 tokens (relay, IMAP accounts): known from the start, so the renewer keeps
+        # them fresh and a failing one is reported before any mail needs it.
+        OAUTH_TOKENS.retry_base = settings.oauth_retry_base
+        OAUTH_TOKENS.retry_max = settings.oauth_retry_max
+        if settings.relay and settings.relay_auth == "xoauth2":
+            relay_token_source(settings)
+        for account in accounts:
+            account.token_source()
         self.imap = ImapPollers(accounts, self.db, on_stored=self._wake_worker)
         self.pipeline = Pipeline(
             self.db, settings, self.rules, on_outbox=self.sender.wakeup.set,
@@ -94,6 +104,8 @@ class Service:
             checks["pipeline"] = self.worker.readiness()
         for name, state in self.imap.readiness().items():
             checks[f"imap:{name}"] = state
+        for name, state in OAUTH_TOKENS.readiness().items():
+            checks[f"oauth:{name}"] = state
         return checks
 
     async def serve(self) -> None:
@@ -130,6 +142,8 @@ class Service:
         self.worker.start()
         self.sender.start()
         self.sla.start()
+        if OAUTH_TOKENS.sources():
+            OAUTH_TOKENS.start(self.settings.run_dir / "oauth.json")
         self.imap.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
@@ -211,6 +225,8 @@ class Service:
         await asyncio.to_thread(self.sla.stop)  # its last mails still leave below
         self.sender.wakeup.set()
         await asyncio.to_thread(self.sender.stop, self.settings.drain_timeout)
+        await asyncio.to_thread(OAUTH_TOKENS.stop)
+        (self.settings.run_dir / "oauth.json").unlink(missing_ok=True)
         if self.http is not None:
             await asyncio.to_thread(self.http.stop)
         self.db.dispose()

@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     relay_oauth_ca_file: Path | None = Field(
         default=None, description="PEM CA that signs the token endpoint's certificate"
     )
+    oauth_retry_base: float = Field(
+        default=5.0, gt=0, description="seconds before retrying a failed token renewal (doubling)"
+    )
+    oauth_retry_max: float = Field(default=300.0, gt=0, description="longest such wait")
 
     @field_validator("relay", mode="before")
     @classmethod
