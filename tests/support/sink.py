@@ -83,7 +83,8 @@ class _Handler:
         # RFC 7628-style failure: a 334 with the reason, the client's empty answer, 535.
         reason = base64.b64encode(json.dumps({"status": "401", "schemes": "bearer"}).encode())
         await server.challenge_auth(reason.decode(), encode_to_b64=False)
-        return AuthResult(success=False, message="535 5.7.8 Authentication credentials invalid")
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Authentication credentials invalid")
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
