@@ -9,6 +9,7 @@ wrote themselves, or what already reached them (they were in To/Cc of the mail).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from mailbridge.outbound.compose import AUTO_GENERATED, Mail, case_staff, compose
@@ -75,11 +76,20 @@ def tell_of_follow_up(ctx: MailContext, ticket: Ticket, *, what: str = "follow_u
 
 
 def _shown(value: Any) -> str:
+    """A template field's value on one line, as a person writes it."""
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(_shown(v) for v in value)
     if isinstance(value, dict):
-        return " – ".join(str(v) for v in value.values() if v)
-    return str(value)
+        return " – ".join(_shown(v) for v in value.values() if v)
+    text = " ".join(str(value).split())
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if at.tzinfo is None or "T" not in text:
+        return text
+    offset = at.strftime("%z")
+    return f"{at:%d/%m/%Y %H:%M} (UTC{offset[:3]}:{offset[3:]})"
 
 
 def take_ownership(ctx: MailContext, ticket: Ticket, owner: str, *, why: str) -> None:
