@@ -35,8 +35,10 @@ other than as declared is reported in `defects`.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import contextlib
+import quopri
 import re
 from collections.abc import Sequence
 from email.message import Message
@@ -291,3 +293,69 @@ def _jis_to_sjis(first: int, second: int) -> bytes:
         trail = second + 0x7E
     return bytes((lead, trail))
 
+
+
+# --- encoded words (RFC 2047) in headers ----------------------------------------------
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,40})(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"\s*")
+
+
+def reencode_words(header: str | None) -> str | None:
+    """The header with the encoded words Python cannot decode re-encoded as UTF-8; None if none.
+
+    An encoded word in a charset Python does not know (x-sjis, windows-31j …) or whose
+    bytes its codec refuses (ISO-2022-JP with NEC characters) is decoded with
+    `decode_text`, like a body, and written back as a UTF-8 word, so the usual header
+    decoding then reads it. Consecutive words in one charset are decoded together:
+    senders split a multi-byte character across words.
+    """
+    if not header or "=?" not in header:
+        return None
+    words = list(_ENCODED_WORD.finditer(header))
+    if not words:
+        return None
+    groups: list[list[re.Match[str]]] = []
+    for word in words:
+        previous = groups[-1][-1] if groups else None
+        if previous is not None and previous.group(1).lower() == word.group(1).lower() \
+                and _BETWEEN_WORDS.fullmatch(header, previous.end(), word.start()):
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    out: list[str] = []
+    position = 0
+    changed = False
+    for group in groups:
+        charset = group[0].group(1)
+        data = b"".join(_word_bytes(word) for word in group)
+        codec = _python_codec(charset)
+        if codec and _strict(data, codec) is not None:
+            continue  # Python reads it as it is
+        text = decode_text(data, charset)
+        encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        out += [header[position:group[0].start()], f"=?utf-8?b?{encoded}?="]
+        position = group[-1].end()
+        changed = True
+    if not changed:
+        return None
+    out.append(header[position:])
+    return "".join(out)
+
+
+def _python_codec(charset: str) -> str | None:
+    """The codec Python's own header decoding finds for a label (no mail aliases)."""
+    try:
+        return codecs.lookup(charset.lower()).name
+    except LookupError:
+        return None
+
+
+def _word_bytes(word: re.Match[str]) -> bytes:
+    data = word.group(3)
+    if word.group(2) in "bB":
+        try:
+            return base64.b64decode(data + "=" * (-len(data) % 4))
+        except ValueError:
+            return data.encode("ascii", "replace")
+    return quopri.decodestring(data.encode("ascii", "replace"), header=True)

@@ -18,7 +18,7 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
-from mailbridge.parse.charsets import charset_hints, decode_part, decode_text
+from mailbridge.parse.charsets import charset_hints, decode_part, decode_text, reencode_words
 from mailbridge.parse.senders import pick_sender
 
 if TYPE_CHECKING:
@@ -225,6 +225,9 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     attachments = _attachments(message, defects)
     if parsed is not None:
         attachments.extend(_recovered_attachments(parsed, attachments, defects))
+    if parsed is not None:
+        subject, from_pairs = safe(lambda: _reencoded_headers(message, subject, from_pairs),
+                                   (subject, from_pairs))
     from_name, from_addr = safe(lambda: pick_sender(from_pairs, _first_from(message), defects),
                                 ("", ""))
     return ParsedMail(
@@ -251,6 +254,31 @@ _MIME_HEADERS = frozenset({"content-type", "content-disposition", "content-id",
 # mail-parser reads these for its diagnostics (all occurrences; the first one is used).
 _ADDRESS_HEADERS = ("bcc", "cc", "delivered-to", "from", "reply-to", "to")
 _ONE_OF_EACH = ("subject", "from", "to", "cc", "reply-to", "date", "message-id")
+
+
+def _reencoded_headers(message: Message, subject: str, from_pairs: list[tuple[str, str]]
+                       ) -> tuple[str, list[tuple[str, str]]]:
+    """Subject and From read again where they have encoded words Python cannot decode.
+
+    mail-parser drops what such a word holds (an x-sjis or windows-31j subject, an
+    ISO-2022-JP word with NEC characters); `reencode_words` makes them UTF-8 words first.
+    Both readings call this with what they found, so they stay the same.
+    """
+    from mailparser.utils import decode_header_part, get_addresses
+
+    fixed = reencode_words(_raw_header(message, "subject"))
+    if fixed is not None:
+        subject = clean_header_text(decode_header_part(fixed).strip())
+    fixed = reencode_words(_raw_header(message, "from"))
+    if fixed is not None:
+        from_pairs = [("" if name == addr else name, addr)
+                      for name, addr in get_addresses(fixed, decode_names=True) if addr]
+    return subject, from_pairs
+
+
+def _raw_header(message: Message, name: str) -> str | None:
+    value = message.get(name)
+    return None if value is None else str(value)
 
 
 def _first_from(message: Message) -> str:
@@ -545,6 +573,8 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
         return None  # base64 that decoded with defects: mail-parser may recover more
     from_pairs = [("" if name == addr else name, addr)
                   for name, addr in addresses.get("from", []) if addr]
+    subject, from_pairs = _reencoded_headers(
+        message, clean_header_text(decode_header_part(subject_value).strip()), from_pairs)
     from_name, from_addr = pick_sender(from_pairs, _first_from(message), defects)
     html = "\n".join(html_parts) if html_parts else None
     text = "\n".join(text_parts)
@@ -555,7 +585,7 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
     return ParsedMail(
         message=message,
         **thread_headers(message),
-        subject=clean_header_text(decode_header_part(subject_value).strip()),
+        subject=subject,
         from_addr=from_addr,
         from_name=clean_header_text(from_name),
         to=_addresses([(n, a) for n, a in addresses.get("to", []) if a]),
@@ -586,7 +616,8 @@ def _decoded_header(value: object) -> str:
     if value is None:
         return ""
     try:
-        return str(make_header(decode_header(str(value))))
+        text = str(value)
+        return str(make_header(decode_header(reencode_words(text) or text)))
     except Exception:
         return str(value)
 
