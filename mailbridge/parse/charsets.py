@@ -190,7 +190,7 @@ def _last_resort(payload: bytes, declared: list[str]) -> str:
         return "utf-8"
     multi_byte = [codec for codec in declared if codec != "utf-8-sig"
                   and not _SINGLE_BYTE.match(codec) and codec != "iso2022_jp_windows"]
-    return multi_byte[-1] if multi_byte else "cp1252"
+    return multi_byte[0] if multi_byte else "cp1252"
 
 
 def _shown(codec: str) -> str:
