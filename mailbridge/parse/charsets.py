@@ -38,9 +38,10 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
+import functools
 import quopri
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from email.message import Message
 
 # Charset names seen in real mail that Python's codecs do not know (after
@@ -107,6 +108,7 @@ _HINT_HEADERS = ("subject", "from", "to", "cc", "reply-to")
 _NO_CHARSET = frozenset({"unknown_8bit", "x_unknown", "unknown", "default", "none"})
 
 
+@functools.lru_cache(maxsize=512)
 def codec_name(charset: str | None) -> str | None:
     """The codec a declared charset names (aliases included), or None when it names none."""
     label = _normalise(charset)
@@ -126,7 +128,7 @@ def _normalise(charset: str | None) -> str:
 
 
 def decode_part(part: Message, defects: list[str] | None = None,
-                hints: Sequence[str] = ()) -> str:
+                hints: Iterable[str] = ()) -> str:
     """A body part's text (transfer encoding undone, charset as described above)."""
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes) or not payload:
@@ -139,7 +141,7 @@ def decode_part(part: Message, defects: list[str] | None = None,
 
 
 def decode_text(payload: bytes, charset: str | None, defects: list[str] | None = None,
-                hints: Sequence[str] = ()) -> str:
+                hints: Iterable[str] = ()) -> str:
     """Bytes of a text part → str, in the order the module docstring gives."""
     label = (charset or "").strip().strip("\"';").strip().lower()
     codec = codec_name(label)
@@ -147,24 +149,8 @@ def decode_text(payload: bytes, charset: str | None, defects: list[str] | None =
         _report(defects, f"unknown charset {label!r}")
     seven_bit = payload.isascii()
     declared = list(_CANDIDATES.get(codec, (codec,))) if codec else []
-    candidates: list[str] = []
-    if seven_bit and b"\x1b" in payload:
-        if _ESCAPE_JP.search(payload):
-            candidates += declared if (codec or "").startswith("iso2022_jp") else _ISO2022_JP
-        elif _ESCAPE_KR.search(payload):
-            candidates.append("iso2022_kr")
-    if declared and not seven_bit and _SINGLE_BYTE.match(codec or ""):
-        candidates.append("utf-8-sig")  # UTF-8 labelled single-byte (see above)
-    candidates += declared
-    if not seven_bit and codec in _EIGHT_BIT_OF:
-        candidates += _EIGHT_BIT_OF[codec]  # 8-bit text under a 7-bit label (see above)
-    candidates.append("utf-8-sig")
-    for hint in hints:
-        hint_codec = codec_name(hint)
-        if hint_codec:
-            candidates += _CANDIDATES.get(hint_codec, (hint_codec,))
     tried: set[str] = set()
-    for candidate in candidates:
+    for candidate in _candidates(payload, codec, declared, seven_bit, hints):
         if candidate in tried:
             continue
         tried.add(candidate)
@@ -193,6 +179,26 @@ def _last_resort(payload: bytes, declared: list[str]) -> str:
     return multi_byte[0] if multi_byte else "cp1252"
 
 
+def _candidates(payload: bytes, codec: str | None, declared: list[str], seven_bit: bool,
+                hints: Iterable[str]) -> Iterator[str]:
+    """Steps 1-4 of the order, lazily: the mail's other charsets are read only if needed."""
+    if seven_bit and b"\x1b" in payload:
+        if _ESCAPE_JP.search(payload):
+            yield from declared if (codec or "").startswith("iso2022_jp") else _ISO2022_JP
+        elif _ESCAPE_KR.search(payload):
+            yield "iso2022_kr"
+    if declared and not seven_bit and _SINGLE_BYTE.match(codec or ""):
+        yield "utf-8-sig"  # UTF-8 labelled single-byte (see above)
+    yield from declared
+    if not seven_bit and codec in _EIGHT_BIT_OF:
+        yield from _EIGHT_BIT_OF[codec]  # 8-bit text under a 7-bit label (see above)
+    yield "utf-8-sig"
+    for hint in hints:
+        hint_codec = codec_name(hint)
+        if hint_codec:
+            yield from _CANDIDATES.get(hint_codec, (hint_codec,))
+
+
 def _shown(codec: str) -> str:
     return "utf-8" if codec == "utf-8-sig" else codec
 
@@ -212,8 +218,23 @@ def _report(defects: list[str] | None, defect: str) -> None:
         defects.append(defect)
 
 
-def charset_hints(message: Message) -> tuple[str, ...]:
-    """Charsets a mail declares anywhere (parts, encoded words in its main headers), in order."""
+class CharsetHints:
+    """The charsets a mail declares anywhere (parts, encoded words in its main headers).
+
+    Step 4 of the order; read from the mail the first time a part needs them (few do).
+    """
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+        self._found: tuple[str, ...] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._found is None:
+            self._found = _declared_charsets(self._message)
+        return iter(self._found)
+
+
+def _declared_charsets(message: Message) -> tuple[str, ...]:
     found: list[str] = []
     with contextlib.suppress(Exception):  # a broken structure gives fewer hints, never an error
         for name in _HINT_HEADERS:

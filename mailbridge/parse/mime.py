@@ -18,7 +18,7 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
-from mailbridge.parse.charsets import charset_hints, decode_part, decode_text, reencode_words
+from mailbridge.parse.charsets import CharsetHints, decode_part, decode_text, reencode_words
 from mailbridge.parse.senders import pick_sender
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ def _mail_parser_class() -> type[mailparser.MailParser]:
                         and not payload.isascii() and not _has_surrogates(payload):
                     return payload  # a part parsed from text (a recovered epilogue): text
                 if "mailbridge_hints" not in own:
-                    own["mailbridge_hints"] = charset_hints(self.message)
+                    own["mailbridge_hints"] = CharsetHints(self.message)
                 defects = own.setdefault("mailbridge_defects", [])
                 reported = defects if part.get_content_subtype() in ("plain", "html") else None
                 return decode_part(part, reported, own["mailbridge_hints"])
@@ -538,7 +538,7 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
     text_parts: list[str] = []
     html_parts: list[str] = []
     defects: list[str] = []
-    hints = charset_hints(message)
+    hints = CharsetHints(message)
     for part in leaves:
         ctype = part.get_content_type()
         cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
@@ -655,7 +655,7 @@ def _bodies(message: Message, defects: list[str]) -> tuple[list[str], list[str]]
     """Text and HTML bodies decoded with the stdlib (fallback and charset recovery)."""
     text_parts: list[str] = []
     html_parts: list[str] = []
-    hints = charset_hints(message)
+    hints = CharsetHints(message)
     try:
         leaves = _leaf_parts(message)
     except Exception as exc:
