@@ -9,14 +9,21 @@ the words instead (`powerquadrantsystem@…`) would let a stranger who writes
 `<ana perez@compensar.example>` be taken for the registered contact `anaperez@…`; the
 quoted form is a different address, which matches a registered contact only if that is
 the address registered. Such a sender is an unknown sender: the mail is kept and
-attributed, and whatever answer it gets follows the unknown-sender rules.
+attributed, and whatever answer it gets follows the unknown-sender rules (a refusal goes
+to the envelope sender only where it matches From, so the quoted form gets none unless
+the envelope says the same). Before, such a From gave no address at all and the pipeline
+fell back to the envelope sender, which opened a case in a contact's name for a mail
+whose From was not theirs.
 
 Salvaged forms, each only when the header gave no address otherwise:
 - a missing angle bracket: `Ana <ana@x.example` or `Ana ana@x.example>`;
 - an encoded word around the address (`=?utf-8?q?Ana_<ana@x.example>?=`, RFC 2047 forbids it);
 - trailing junk after the address, a doubled bracket, a dot ending the domain;
 - words around a bare address (`Big Bug bb@bug.example`), and two addresses with no comma:
-  the first one, as for a From with two mailboxes.
+  the first one, as for a From with two mailboxes. Without brackets the words are the name
+  (`ana perez@x.example` is `perez@x.example`, named "ana"): that address is written in
+  the header as it stands, so taking it gives a stranger nothing a plain forged From
+  would not.
 `user @ example.com` and comments (`ana@x.example (Ana)`) are RFC 5322 and read by the
 parsers already. Addresses inside quoted display names are never taken: in
 `"ana@x.example" <mal formed@y.example>` the address is the one in brackets.
