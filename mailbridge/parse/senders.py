@@ -9,11 +9,11 @@ the words instead (`powerquadrantsystem@…`) would let a stranger who writes
 `<ana perez@compensar.example>` be taken for the registered contact `anaperez@…`; the
 quoted form is a different address, which matches a registered contact only if that is
 the address registered. Such a sender is an unknown sender: the mail is kept and
-attributed, and whatever answer it gets follows the unknown-sender rules (a refusal goes
-to the envelope sender only where it matches From, so the quoted form gets none unless
-the envelope says the same). Before, such a From gave no address at all and the pipeline
-fell back to the envelope sender, which opened a case in a contact's name for a mail
-whose From was not theirs.
+attributed, and whatever answer it gets follows the unknown-sender rules (with refusals
+sent as RFC 3834 §4 says, to the envelope sender and only when it matches From, the
+quoted form gets none unless the envelope says the same). Before, such a From gave no
+address at all and the pipeline fell back to the envelope sender, which opened a case in
+a contact's name for a mail whose From was not theirs.
 
 Salvaged forms, each only when the header gave no address otherwise:
 - a missing angle bracket: `Ana <ana@x.example` or `Ana ana@x.example>`;
