@@ -225,7 +225,6 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     attachments = _attachments(message, defects)
     if parsed is not None:
         attachments.extend(_recovered_attachments(parsed, attachments, defects))
-    if parsed is not None:
         subject, from_pairs = safe(lambda: _reencoded_headers(message, subject, from_pairs),
                                    (subject, from_pairs))
     from_name, from_addr = safe(lambda: pick_sender(from_pairs, _first_from(message), defects),
@@ -478,9 +477,10 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
 
     None unless the mail is one where both readings are the same: no parsing defects,
     one of each main header, no attached messages or attachment containers, MIME
-    headers in ASCII, bodies in a known ASCII-compatible charset that decodes cleanly,
-    and none of the header diagnostics mail-parser would report (its helpers decide
-    those, so header values are decoded exactly as it decodes them).
+    headers in ASCII, transfer encodings the stdlib undoes (bodies in any charset: both
+    readings decode them with `decode_part`), and none of the header diagnostics
+    mail-parser would report (its helpers decide those, so header values are decoded
+    exactly as it decodes them).
     """
     from mailparser.dates import date_diagnostics, parse_mail_date
     from mailparser.utils import decode_header_part, get_addresses, receiveds_parsing
@@ -652,7 +652,7 @@ def _leaf_parts(message: Message) -> list[Message]:
 
 
 def _bodies(message: Message, defects: list[str]) -> tuple[list[str], list[str]]:
-    """Text and HTML bodies decoded with the stdlib (fallback and charset recovery)."""
+    """Text and HTML bodies decoded with the stdlib (when mail-parser gave up)."""
     text_parts: list[str] = []
     html_parts: list[str] = []
     hints = CharsetHints(message)
