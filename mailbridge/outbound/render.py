@@ -11,15 +11,15 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from mailbridge.db import utcnow
 from mailbridge.parse.mime import clean_header_text
+from mailbridge.resources import data_dir
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+DEFAULT_TEMPLATES = data_dir("templates", "ack.txt.j2")
 
 
 @lru_cache(maxsize=4)
