@@ -33,11 +33,13 @@ MAX_AGE_DAYS=${MAILBRIDGE_CONTAINER_BASE_MAX_AGE_DAYS:-7}
 CACHE_DIR=${MAILBRIDGE_CONTAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mailbridge/container}
 
 started=$SECONDS
+passed=0
+finished=0
 log() { printf '[container-test %4ss] %s\n' "$((SECONDS - started))" "$*"; }
+ok() { passed=$((passed + 1)); log "ok: $*"; }
 fail() { printf '[container-test %4ss] FAIL: %s\n' "$((SECONDS - started))" "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (rootful podman and debootstrap): sudo $0"
-scripts/lock.sh --check || exit 1
 
 # -- Debian packages ---------------------------------------------------------------------
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
@@ -70,6 +72,7 @@ cleanup() {
     done
     [ -s "$podlog" ] && { echo "--- podman (last 20 lines)" >&2; tail -20 "$podlog" >&2; }
   fi
+  local cleaning=$SECONDS
   if [ -d "$work/storage" ]; then
     pm rm --all --force --time 0 >/dev/null 2>&1
     pm volume rm --all --force >/dev/null 2>&1
@@ -82,10 +85,17 @@ cleanup() {
   # Nothing of ours stays mounted (a failed debootstrap leaves /proc in its target).
   grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf --one-file-system "$work"
+  echo "container-test: cleaned up in $((SECONDS - cleaning)) s"
   [ "$status" -eq 0 ] || echo "container-test: failed after $((SECONDS - started)) s" >&2
+  [ "$status" -eq 0 ] && [ "$finished" = 1 ] || status=1
+  # The closing line, in the form CI reads.
+  echo "container: $passed passed, $((status == 0 ? 0 : 1)) failed"
   exit "$status"
 }
 trap cleanup EXIT
+
+scripts/lock.sh --check >/dev/null || fail "the lock files are stale (above)"
+ok "requirements.lock and requirements-build.lock match pyproject.toml"
 
 limit() {  # limit HARD DEFAULT: DEFAULT, or the hard limit when lower
   if [ "$1" = unlimited ] || [ "$1" -ge "$2" ]; then echo "$2"; else echo "$1"; fi
@@ -158,8 +168,10 @@ else
     "$mirror" > "$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; fail "debootstrap"; }
   # The release's -updates and -security suites, as this machine has them.
   awk '{print "deb " $1 " " $2 " main"}' <<<"$sources" > "$rootfs/etc/apt/sources.list"
-  chroot "$rootfs" apt-get update -qq
-  chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null
+  log "base: debootstrap done; updates from ${VERSION_CODENAME}-updates and -security"
+  { chroot "$rootfs" apt-get update -qq \
+      && chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade
+  } > "$work/apt.log" 2>&1 || { tail -20 "$work/apt.log" >&2; fail "apt-get upgrade in the base"; }
   # Slim like Debian's container images: no documentation, manuals or translations, now
   # or in packages installed later.
   cat > "$rootfs/etc/dpkg/dpkg.cfg.d/excludes" <<'EOF'
@@ -188,7 +200,7 @@ fi
 base_image=localhost/mailbridge-base:$key
 pm import --change 'CMD ["/bin/bash"]' "$base_tar" "$base_image" >>"$podlog" 2>&1 \
   || fail "podman import"
-log "base: imported as $base_image"
+ok "base: imported as $base_image"
 
 # -- 2. the image ------------------------------------------------------------------------
 # pip's package-index settings of this machine, for the build only: index URLs (local
@@ -231,29 +243,32 @@ secrets=(--secret "id=pipconf,src=$work/pip.conf")
 [ -f "$work/pip-ca" ] && secrets+=(--secret "id=pipca,src=$work/pip-ca")
 image=localhost/mailbridge:container-test
 build_started=$SECONDS
-pm build --format docker --isolation chroot --network host --pull=never \
+pm build --format docker --isolation chroot --network host --pull=never --layers=false \
   --build-arg "BASE_IMAGE=$base_image" "${secrets[@]}" -t "$image" -f Dockerfile . \
   > "$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; fail "podman build"; }
 size_mb=$(( $(pm image inspect --format '{{.Size}}' "$image") / 1000000 ))
-log "build: $image in $((SECONDS - build_started)) s, $size_mb MB"
+ok "build: $image in $((SECONDS - build_started)) s, $size_mb MB"
 
 # Nothing of the build's pip settings is in the image.
 leftover=$(pm run --rm --network host "$image" sh -c \
-  'ls /etc/pip.conf /etc/xdg/pip /run/secrets 2>/dev/null; pip config list; env | grep ^PIP_' || true)
+  'ls /etc/pip.conf /etc/xdg/pip /run/secrets 2>/dev/null; pip config list; env | grep ^PIP_' \
+  2>>"$podlog" || true)
 [ -z "$leftover" ] || fail "the image keeps build-time pip settings: $leftover"
 if [ -f "$work/pip-ca" ]; then
   ca_sum=$(sha256sum < "$work/pip-ca" | cut -d' ' -f1)
   ca_size=$(stat -c %s "$work/pip-ca")
-  image_ca=$(pm run --rm "$image" sha256sum /etc/ssl/certs/ca-certificates.crt | cut -d' ' -f1)
+  image_ca=$(pm run --rm "$image" sha256sum /etc/ssl/certs/ca-certificates.crt 2>>"$podlog" \
+    | cut -d' ' -f1)
   if [ "$ca_sum" != "$image_ca" ]; then   # the host's own bundle: it must not be in the image
     found=$(pm run --rm --user 0 "$image" sh -c \
-      "find / -xdev -type f -size ${ca_size}c -exec sha256sum {} + | grep $ca_sum" || true)
+      "find / -xdev -type f -size ${ca_size}c -exec sha256sum {} + | grep $ca_sum" \
+      2>>"$podlog" || true)
     [ -z "$found" ] || fail "the build's CA bundle is in the image: $found"
   fi
 fi
 [ "$(pm image inspect --format '{{.Config.User}}' "$image")" = "10001:10001" ] \
   || fail "the image does not run as the mailbridge user"
-log "image: no pip settings or CA bundle left from the build, runs as 10001"
+ok "image: no pip settings or CA bundle left from the build, runs as 10001"
 
 # -- helpers for the runs ----------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -266,11 +281,11 @@ start() {  # start NAME VOLUME SMTP_PORT HTTP_PORT [podman run options...]
     "$@" "$image" >>"$podlog" 2>&1 || fail "podman run $name"
 }
 
-wait_healthy() {  # wait_healthy NAME: `podman healthcheck run` says healthy within 60 s
-  local deadline=$((SECONDS + 60))
+wait_healthy() {  # wait_healthy NAME: `podman healthcheck run` says healthy within 120 s
+  local deadline=$((SECONDS + 120))
   until pm healthcheck run "$1" >>"$podlog" 2>&1; do
     [ "$(pm inspect --format '{{.State.Running}}' "$1")" = true ] || fail "$1 exited"
-    [ $SECONDS -lt $deadline ] || fail "$1 not healthy after 60 s"
+    [ $SECONDS -lt $deadline ] || fail "$1 not healthy after 120 s"
     sleep 0.5
   done
 }
@@ -336,13 +351,13 @@ if pm exec -e MAILBRIDGE_HTTP_LISTEN="127.0.0.1:$(free_port)" mb-sqlite-1 \
      python /opt/mailbridge/healthcheck.py >/dev/null 2>&1; then
   fail "the health check passes with nothing listening"
 fi
-log "sqlite: healthy on 127.0.0.1:$http (HEALTHCHECK follows MAILBRIDGE_HTTP_LISTEN)"
+ok "sqlite: healthy on 127.0.0.1:$http (HEALTHCHECK follows MAILBRIDGE_HTTP_LISTEN)"
 send "$smtp" ana@compensar.example "TEN-1001 Caída del servicio de correo"
 got=$(acks 1 "$vol_dir") || fail "no [Caso 1] acknowledgement in the volume's Maildir"
 grep -q "ana@compensar.example" <<<"$got" || fail "the acknowledgement is not to ana: $got"
-log "sqlite: [Caso 1] acknowledgement in the volume's outbound/new"
+ok "sqlite: [Caso 1] acknowledgement in the volume's outbound/new"
 stop mb-sqlite-1
-log "sqlite: podman stop: exit 0 within ${GRACE} s"
+ok "sqlite: podman stop: exit 0 within ${GRACE} s"
 start mb-sqlite-2 mb-sqlite "$smtp" "$http"
 wait_healthy mb-sqlite-2
 pm exec mb-sqlite-2 mailbridge tickets show 1 --json > "$work/case1.json" \
@@ -356,7 +371,7 @@ PY
 send "$smtp" luis@compensar.example "TEN-1001 Segunda consulta desde el contenedor nuevo"
 acks 2 "$vol_dir" >/dev/null || fail "the new container did not go on with case 2"
 stop mb-sqlite-2
-log "sqlite: a new container on the volume has case 1 and numbers the next mail 2"
+ok "sqlite: a new container on the volume has case 1 and numbers the next mail 2"
 
 # -- 4. two containers on one PostgreSQL -------------------------------------------------
 # A private server on loopback, as tests/support/postgres.py starts it.
@@ -384,13 +399,14 @@ for i in 1 2; do
     -e "MAILBRIDGE_DB_UPGRADE_ON_START=$upgrade"
   wait_healthy "mb-pg-$i"
 done
-log "postgresql: two containers healthy, the first ran db upgrade"
+ok "postgresql: two containers healthy, the first ran db upgrade"
 mails=8
 for n in $(seq 1 "$mails"); do
   send "${ports[$((n % 2))]}" "$([ $((n % 2)) = 0 ] && echo ana || echo luis)@compensar.example" \
     "TEN-1001 Prueba $n de dos contenedores"
 done
 acks "$mails" "${dirs[@]}" > "$work/acks" || fail "not one acknowledgement per mail"
+ok "postgresql: $mails mails to both containers, one acknowledgement each"
 pm exec mb-pg-2 mailbridge tickets list --json > "$work/cases.json"
 python3 - "$work/cases.json" "$mails" <<'PY' || fail "not one case per mail"
 import json, sys
@@ -399,7 +415,9 @@ numbers = sorted(c["number"] for c in cases)
 subjects = {c["subject"] for c in cases}
 assert numbers == list(range(1, want + 1)) and len(subjects) == want, (numbers, subjects)
 PY
+ok "postgresql: $mails cases, numbered 1 to $mails"
 for i in 1 2; do stop "mb-pg-$i"; done
-log "postgresql: $mails mails to both containers, $mails cases, one acknowledgement each; both stopped with exit 0"
+ok "postgresql: both stopped with exit 0 within ${GRACE} s"
 
 log "passed: image $size_mb MB, all in $((SECONDS - started)) s"
+finished=1
