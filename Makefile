@@ -22,6 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	bash scripts/install-test-deps.sh
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	MAILBRIDGE_TEST_BACKEND=postgresql $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	@# Last: the container image (make container). MAILBRIDGE_SKIP_CONTAINER=1 skips it;

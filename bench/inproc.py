@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
     import yaml
     from corpus import Corpus
 
+    import mailbridge.models  # noqa: F401  (every table known)
     from mailbridge.db import Database
     from mailbridge.outbound.render import Draft, render
     from mailbridge.parse.classify import classify

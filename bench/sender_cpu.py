@@ -51,6 +51,7 @@ def make_cases(db: Any, count: int) -> list[dict[str, Any]]:
     """`count` cases; returns one pending ack row each (rendered like the pipeline's)."""
     from sqlalchemy import insert
 
+    import mailbridge.models  # noqa: F401  (every table known)
     from mailbridge.db import utcnow
     from mailbridge.outbound.outbox import _row_values
     from mailbridge.outbound.render import Draft

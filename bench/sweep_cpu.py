@@ -135,6 +135,7 @@ def sweep_round(db: Any, rules: Any, now: Any) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
+    import mailbridge.models  # noqa: F401  (every table known)
     from mailbridge.db import Database, utcnow
     from mailbridge.rules import parse_rules
     from mailbridge.schema import upgrade

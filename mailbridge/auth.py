@@ -23,10 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mailbridge.pipeline.context import MailContext
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -179,25 +176,3 @@ def authenticate(
 
 # Tests and deployments with their own resolver set this (dkimpy's dnsfunc signature).
 DKIM_DNSFUNC: DnsTxt | None = None
-
-
-def sender_is_authentic(ctx: MailContext) -> bool:
-    """Whether this mail's author is who its From says, under `sender_auth` (cached per mail)."""
-    cached = getattr(ctx, "_sender_auth", None)
-    if cached is None:
-        settings = ctx.settings
-        cached = authenticate(
-            # Only DKIM needs the raw bytes; loading them costs a copy of the whole mail.
-            policy=settings.sender_auth,
-            raw=ctx.inbound.raw if settings.sender_auth == "dkim" else b"",
-            message=ctx.mail.message,
-            sender=ctx.sender, trusted_authserv_ids=settings.trusted_authserv_id,
-            dnsfunc=DKIM_DNSFUNC,
-        )
-        ctx._sender_auth = cached  # type: ignore[attr-defined]
-        if not cached.passed:
-            log.warning("sender not authenticated", extra={
-                "sender": ctx.sender, "inbound_id": ctx.inbound.id, "method": cached.method,
-                "detail": cached.detail[:300],
-            })
-    return bool(cached.passed)

@@ -23,6 +23,7 @@ class SchemaBehind(SystemExit):
 
 def _db(settings: Settings, *, behind_exit: int = 78):  # type: ignore[no-untyped-def]
     """The database, or exit with a clear sentence when its schema is not current."""
+    import mailbridge.models  # noqa: F401  (every table known: see Database)
     from mailbridge.db import Database
     from mailbridge.schema import pending_revision
 
@@ -136,11 +137,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
-    from mailbridge.tickets.service import list_tickets, ticket_summary
+    from mailbridge.views import list_tickets, ticket_summary
 
     db = _db(_settings())
     with db.reader() as session:
-        found = list_tickets(session, status=args.status, tenant_id=args.tenant, limit=args.limit)
+        try:
+            found = list_tickets(session, status=args.status, tenant_id=args.tenant,
+                                 owner=args.owner, queue=args.queue, priority=args.priority,
+                                 sla_state=args.sla, limit=args.limit)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 64
         tickets = [ticket_summary(t) for t in found]
     if args.json:
         _print_json(tickets)
@@ -154,7 +161,7 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tickets_show(args: argparse.Namespace) -> int:
-    from mailbridge.tickets.service import get_ticket, ticket_json
+    from mailbridge.views import get_ticket, ticket_json
 
     db = _db(_settings())
     with db.reader() as session:
@@ -185,8 +192,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         settings = _settings()
     except ValidationError as exc:
         for err in exc.errors():
-            key = "MAILBRIDGE_" + "_".join(str(p) for p in err["loc"]).upper()
-            print(f"environment: {key}: {err['msg']}", file=sys.stderr)
+            if err["loc"]:
+                key = "MAILBRIDGE_" + "_".join(str(p) for p in err["loc"]).upper()
+                print(f"environment: {key}: {err['msg']}", file=sys.stderr)
+            else:  # a rule across settings: the message names them
+                print(f"environment: {err['msg'].removeprefix('Value error, ')}",
+                      file=sys.stderr)
         return 78
     from mailbridge.intake.imap_config import ImapConfigError, load_imap_accounts
 
@@ -211,7 +222,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"database: {_redacted_url(settings.resolved_database_url)}")
     print(f"smtp: {settings.smtp_listen}  http: {settings.http_listen}")
-    relay = settings.relay or f"none (outbound mail to {settings.outbound_maildir})"
+    relay = (f"{settings.relay} ({settings.relay_security}"
+             + (", certificate and host name verified" if settings.relay_security != "none"
+                else "") + ")"
+             if settings.relay else f"none (outbound mail to {settings.outbound_maildir})")
     print(f"relay: {relay}")
     print(f"sender authentication: {settings.sender_auth}"
           + (f" (trusting {settings.trusted_authserv_id})" if settings.trusted_authserv_id else ""))
@@ -249,6 +263,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"quarantined:     {inbound['quarantined']}")
     print(f"outbox pending:  {outbox['pending']} (oldest {outbox['oldest_pending_seconds']} s), "
           f"failed {outbox['failed']}")
+    for failure in outbox["recent_failures"]:
+        case = f"case {failure['case']}" if failure["case"] else "no case"
+        print(f"OUTBOUND FAILED: #{failure['id']} {failure['kind']} ({case}) to "
+              f"{', '.join(failure['rcpt_tos'])}: {failure['error']}")
     print(f"cases:           {report['tickets']['total']} {report['tickets']['by_status']}")
     oldest = acks["oldest_unacknowledged"]
     print(f"oldest unacknowledged case: {oldest['case']} ({oldest['age_seconds']} s)"
@@ -310,7 +328,7 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     from mailbridge.db import utcnow
     from mailbridge.escalation.fields import UnknownField, values_from_pairs
     from mailbridge.escalation.service import MISSING, ORIGIN_CLI, SENT, escalate
-    from mailbridge.tickets.service import get_ticket
+    from mailbridge.views import get_ticket
 
     settings = _settings()
     rules = _rules(settings)
@@ -373,6 +391,34 @@ def cmd_escalation_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Every scheduled sweep once at `--now` (the scheduler's own code; idempotent)."""
+    from datetime import UTC, datetime
+
+    from mailbridge.db import utcnow
+    from mailbridge.sla.sweep import sweep_all
+
+    settings = _settings()
+    rules = _rules(settings)
+    now = utcnow()
+    if args.now:
+        try:
+            now = datetime.fromisoformat(args.now)
+        except ValueError:
+            print(f"error: --now {args.now!r} is not an ISO 8601 time", file=sys.stderr)
+            return 64
+        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    results = sweep_all(_db(settings), rules, now)
+    report = {"now": now.isoformat(), "sweeps": {k: r.done for k, r in results.items()}}
+    if args.json:
+        _print_json(report)
+    else:
+        for kind, done in report["sweeps"].items():
+            figures = ", ".join(f"{k} {v}" for k, v in done.items()) or "nothing to do"
+            print(f"{kind}: {figures}")
+    return 0
+
+
 def _redacted_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -406,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--status")
     ls.add_argument("--tenant")
+    ls.add_argument("--owner", help="staff address; '-' for the cases nobody owns")
+    ls.add_argument("--queue")
+    ls.add_argument("--priority", choices=["A", "B", "C", "a", "b", "c"])
+    ls.add_argument("--sla", choices=["a_tiempo", "en_riesgo", "vencido", "cumplido", "en_pausa"],
+                    help="the response clock's state")
     ls.add_argument("--limit", type=int, default=100)
     ls.set_defaults(func=cmd_tickets_list)
     show = tsub.add_parser("show", help="one case")
@@ -450,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--now", help="ISO 8601 time to judge lateness at (default: now)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_escalation_sweep)
+
+    p = sub.add_parser("sweep", help="run every scheduled sweep once (acks, response clock, "
+                       "warnings, escalation, closing and chase, vendors)")
+    p.add_argument("--now", help="ISO 8601 instant to run them at (default: now; no zone = UTC)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("check-config", help="validate settings and rules.yaml")
     p.set_defaults(func=cmd_check_config)

@@ -223,8 +223,12 @@ class Database:
     """Owns the engine and hands out sessions and transactions."""
 
     def __init__(self, url: str) -> None:
-        import mailbridge.models  # noqa: F401  (every table known before the first flush)
-
+        # The tables refer to each other (the outbox to cases and stored mail): every one
+        # must be known before the first flush. The entry points import mailbridge.models,
+        # the registry of all tables; the lowest layer cannot import it (it would import
+        # every layer above), so it only checks.
+        if "tickets" not in Base.metadata.tables or "outbox" not in Base.metadata.tables:
+            raise RuntimeError("import mailbridge.models before opening the database")
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._writer_lock: WriteLock | contextlib.nullcontext[None] = (

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from mailbridge.db import Database
 
 RECEIVED = Counter(
     "mailbridge_mails_received_total", "Mails offered to intake", ["channel", "outcome"]
@@ -22,6 +17,12 @@ ACK_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 OUTBOX_DEPTH = Gauge("mailbridge_outbox_depth", "Outbound mails waiting")
+OUTBOX_FAILED = Gauge("mailbridge_outbox_failed", "Outbound mails that failed for good")
+AUTO_REPLIES_WITHHELD = Counter(
+    "mailbridge_auto_replies_withheld_total",
+    "Automatic mails not sent, or recipients left out of one, and why",
+    ["reason"],
+)
 OUTBOX_OLDEST = Gauge("mailbridge_outbox_oldest_seconds", "Age of the oldest waiting mail")
 QUARANTINE_SIZE = Gauge("mailbridge_quarantine_size", "Mails kept in quarantine")
 ACKS_LATE = Gauge("mailbridge_acks_overdue", "Cases whose acknowledgement missed its deadline")
@@ -43,17 +44,3 @@ SLA_SWEEPS = Counter("mailbridge_sla_sweeps_total", "Scheduler sweeps run", ["ki
 
 INBOUND_WAITING = Gauge("mailbridge_inbound_waiting", "Stored mails not processed yet")
 INBOUND_OLDEST = Gauge("mailbridge_inbound_oldest_seconds", "Age of the oldest unprocessed mail")
-
-
-def refresh_queue_gauges(db: Database) -> None:
-    """Queue gauges read from the database at scrape time (correct across workers)."""
-    from mailbridge.status import status_report
-
-    with db.reader() as session:
-        report = status_report(session)
-    OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
-    OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
-    QUARANTINE_SIZE.set(report["inbound"]["quarantined"] or 0)
-    INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
-    INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)
-    ACKS_LATE.set(len(report["acks"]["overdue"]))

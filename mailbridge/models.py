@@ -1,4 +1,5 @@
-"""Imports every table so that Base.metadata is complete (Alembic, checks)."""
+"""The registry of every table: imported by the entry points (cli, service, the pipeline
+processes, Alembic, tests) so that Base.metadata is complete before a database opens."""
 
 from mailbridge.db import Base
 from mailbridge.outbound import outbox as _outbox  # noqa: F401

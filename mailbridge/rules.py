@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mailbridge.parse.template import FieldSpec
 from mailbridge.resources import data_dir
-from mailbridge.sla.clocks import PlanSLA
-from mailbridge.sla.config import ClosingConfig, EscalationConfig
+from mailbridge.service_levels.clocks import PlanSLA
+from mailbridge.service_levels.config import ClosingConfig, EscalationConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,27 @@ class Desk(_Strict):
     # A new mail whose subject matches an open case of the same tenant within
     # this window is linked to that case (seed 004: one subject per case).
     duplicate_window_hours: float = Field(default=72, ge=0)
+    # No automatic mail goes to more people than this (sender and copies together): a mail
+    # with 30 addresses in Cc must not make the desk mail 31 (hostile round 2).
+    max_auto_recipients: int = Field(default=10, ge=1, le=100)
+    # The desk's own zone: times in mail to staff (a case's due time) are written in it.
+    timezone: str = "America/Bogota"
+    # A response clock is "en_riesgo" once this share of its target has gone by; then its
+    # owner (else its queue) is warned, once (seed 003's targets kept, not just measured).
+    sla_warning_share: float = Field(default=0.75, gt=0, lt=1)
 
     _addr = field_validator("from_address")(_check_email)
+
+    @field_validator("timezone")
+    @classmethod
+    def _desk_zone(cls, value: str) -> str:
+        if value not in available_timezones():
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. America/Bogota)")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @field_validator("staff_domains")
     @classmethod
@@ -67,6 +86,20 @@ class Desk(_Strict):
     @property
     def from_domain(self) -> str:
         return self.from_address.rsplit("@", 1)[1]
+
+
+class Queue(_Strict):
+    """A queue of the desk and the people who work it (a list, or agents' addresses):
+    they hear of every new case in it, of customers' follow-ups and vendors' answers on
+    the cases nobody owns yet, and of SLA warnings on those."""
+
+    label: str | None = None
+    notify: list[str] = Field(default_factory=list)
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: list[str]) -> list[str]:
+        return [_check_email(v) for v in value]
 
 
 class SupportAddress(_Strict):
@@ -101,11 +134,31 @@ class Tenant(_Strict):
     # also closed for this tenant on `closed_dates`.
     subdivision: str | None = None
     closed_dates: list[date] = Field(default_factory=list)
+    # The customer's own mail domains: a colleague copied from one of them receives the
+    # case's mail; anyone else copied is recorded on the case but not mailed until staff
+    # add them («#cc persona@dominio»).
+    domains: list[str] = Field(default_factory=list)
 
     @field_validator("contacts")
     @classmethod
     def _contacts(cls, value: list[str]) -> list[str]:
         return [_check_email(v) for v in value]
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            entry = entry.strip().lower().lstrip("@")
+            if not re.fullmatch(r"[^\s@.]+(\.[^\s@.]+)+", entry):
+                raise ValueError(f"not a mail domain: {entry!r}")
+            out.append(entry)
+        return out
+
+    def is_colleague(self, address: str) -> bool:
+        """A registered contact of this tenant, or an address in one of its own domains."""
+        address = address.strip().lower()
+        return address in self.contacts or address.rpartition("@")[2] in self.domains
 
     _exec = field_validator("executive")(_check_email)
 
@@ -255,6 +308,8 @@ class Rules(_Strict):
 
     desk: Desk
     addresses: list[SupportAddress] = Field(min_length=1)
+    # The desk's queues by name (the `queue` of an address), each with its people.
+    queues: dict[str, Queue] = Field(default_factory=dict)
     priorities: dict[Priority, PriorityLevel]
     template: OpeningTemplate = Field(default_factory=OpeningTemplate)
     tenant_pattern: str
@@ -283,6 +338,10 @@ class Rules(_Strict):
             if entry.address in seen:
                 raise _PlacedError(("addresses", index, "address"), "address listed twice")
             seen.add(entry.address)
+            if self.queues and entry.queue not in self.queues:
+                raise _PlacedError(("addresses", index, "queue"),
+                                   f"unknown queue {entry.queue!r} "
+                                   f"(known: {', '.join(sorted(self.queues))})")
         ids: set[str] = set()
         for index, tenant in enumerate(self.tenants):
             if tenant.id.upper() in ids:
@@ -368,6 +427,11 @@ class Rules(_Strict):
             return False
         local, _, domain = address.strip().lower().partition("@")
         return f"{local.split('+', 1)[0]}@{domain}" == wanted
+
+    def queue_notify(self, queue: str | None) -> list[str]:
+        """The people of a queue (empty when the queue has none or is unknown)."""
+        found = self.queues.get(queue or "")
+        return list(found.notify) if found is not None else []
 
     def tenant(self, tenant_id: str | None) -> Tenant | None:
         return self._tenant_map.get(tenant_id.upper()) if tenant_id else None

@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy import text
 
-from mailbridge import metrics
+import mailbridge.models  # noqa: F401  (every table known: see Database)
 from mailbridge.db import Database
 from mailbridge.intake.imap import ImapPollers
 from mailbridge.intake.imap_config import load_imap_accounts
 from mailbridge.intake.smtp import IntakeHandler, SpoolWriter, smtp_factory
+from mailbridge.limits import check_fd_budget, throttle_accept_errors
 from mailbridge.memory import tune_malloc
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.pipeline import Pipeline, PipelineWorker
@@ -24,8 +25,9 @@ from mailbridge.rules import RulesHolder
 from mailbridge.schema import pending_revision
 from mailbridge.settings import Settings
 from mailbridge.sla.jobs import SlaScheduler
+from mailbridge.status import refresh_queue_gauges
 from mailbridge.systemd import notify, watchdog_interval
-from mailbridge.web import HttpServer
+from mailbridge.web import HttpLimits, HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,9 @@ class Service:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        # accept() out of descriptors: counted, logged once a second (mailbridge/limits.py).
+        throttle_accept_errors(loop)
+        budget = check_fd_budget(self.settings)
         writer = SpoolWriter(self.db, on_stored=self.worker.wakeup.set)
         writer.start()
         handler = IntakeHandler(self.rules, self.settings, writer.store)
@@ -98,9 +103,14 @@ class Service:
         http_host, http_port = self.settings.http_address
         self.http = HttpServer(
             http_host, http_port, self.readiness,
-            before_metrics=lambda: metrics.refresh_queue_gauges(self.db),
+            before_metrics=lambda: refresh_queue_gauges(self.db),
+            limits=HttpLimits(
+                max_connections=self.settings.http_max_connections,
+                request_timeout=self.settings.http_timeout,
+                keepalive_timeout=self.settings.http_keepalive_timeout,
+            ),
         )
-        self.http.start()
+        await asyncio.to_thread(self.http.start)
         self.worker.start()
         self.sender.start()
         self.sla.start()
@@ -118,6 +128,8 @@ class Service:
                 "http": f"{http_host}:{self.http.port}",
                 "relay": self.settings.relay or f"maildir:{self.settings.outbound_maildir}",
                 "database": self.db.engine.url.render_as_string(hide_password=True),
+                **budget,
+                "http_max_connections": self.settings.http_max_connections,
             },
         )
         await self.stopping.wait()
@@ -158,7 +170,7 @@ class Service:
         self.sender.wakeup.set()
         await asyncio.to_thread(self.sender.stop, self.settings.drain_timeout)
         if self.http is not None:
-            self.http.stop()
+            await asyncio.to_thread(self.http.stop)
         self.db.dispose()
         (self.settings.run_dir / "listen.json").unlink(missing_ok=True)
         log.info("mailbridge stopped")

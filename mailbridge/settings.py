@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +21,16 @@ def parse_hostport(value: str, *, default_port: int) -> tuple[str, int]:
     else:
         host, port = value, ""
     return host or "127.0.0.1", int(port) if port else default_port
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address stays on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -38,7 +49,13 @@ class Settings(BaseSettings):
     relay: str | None = Field(default=None, description="outbound relay host:port; unset = Maildir")
     relay_user: str | None = None
     relay_password: SecretStr | None = None
-    relay_starttls: bool = False
+    relay_starttls: bool = Field(default=False, description="STARTTLS on the relay connection")
+    relay_tls: bool = Field(
+        default=False, description="implicit TLS from the first byte (port 465; the default there)"
+    )
+    relay_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle that signs the relay's certificate (private CA)"
+    )
     relay_timeout: float = 30.0
     http_listen: str = Field(default="127.0.0.1:8025", description="health and metrics")
     imap_accounts: str | None = Field(
@@ -92,10 +109,54 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json or text")
 
+    # Listener limits under floods (docs/reliability.md, "Connection limits").
+    max_connections: int = Field(
+        default=0, ge=0,
+        description="concurrent SMTP connections in all; more get 421. 0 = derived from the "
+        "file-descriptor limit (RLIMIT_NOFILE) less what the database and HTTP need",
+    )
+    http_max_connections: int = Field(
+        default=64, ge=1,
+        description="HTTP connections served at once; past it requests get 503, and past "
+        "twice as many a connection is answered 503 and closed at once",
+    )
+    http_timeout: float = Field(
+        default=10.0, gt=0,
+        description="seconds an HTTP request may take to arrive in full; then the connection "
+        "is closed",
+    )
+    http_keepalive_timeout: int = Field(
+        default=5, ge=1, description="seconds an idle HTTP keep-alive connection stays open"
+    )
+
     @field_validator("relay", mode="before")
     @classmethod
     def _empty_relay_is_none(cls, value: object) -> object:
         return None if value in ("", None) else value
+
+    @model_validator(mode="after")
+    def _relay_auth_needs_tls(self) -> Settings:
+        if self.relay_starttls and self.relay_tls:
+            raise ValueError("MAILBRIDGE_RELAY_STARTTLS and MAILBRIDGE_RELAY_TLS exclude each "
+                             "other: STARTTLS upgrades a clear connection, TLS starts encrypted")
+        if self.relay and self.relay_user and self.relay_security == "none" \
+                and not is_loopback_host(self.relay_address[0]):  # type: ignore[index]
+            raise ValueError(
+                "MAILBRIDGE_RELAY_USER is set but the relay connection would not be encrypted: "
+                "set MAILBRIDGE_RELAY_STARTTLS=true or MAILBRIDGE_RELAY_TLS=true (a password is "
+                "sent in clear only to a relay on loopback)"
+            )
+        return self
+
+    @property
+    def relay_security(self) -> str:
+        """How the relay connection is encrypted: "tls" (implicit), "starttls" or "none"."""
+        if self.relay_tls:
+            return "tls"
+        if self.relay_starttls:
+            return "starttls"
+        address = self.relay_address
+        return "tls" if address is not None and address[1] == 465 else "none"
 
     @cached_property
     def resolved_database_url(self) -> str:

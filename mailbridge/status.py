@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailbridge.db import utcnow
+from mailbridge import metrics
+from mailbridge.db import Database, utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
 from mailbridge.sla.cases import acks_sent_late, sla_status
 from mailbridge.spool import STATE_NEW, STATE_QUARANTINED, InboundMail
@@ -50,6 +51,14 @@ def status_report(session: Session) -> dict[str, Any]:
     outbox_failed = session.scalar(
         select(func.count(OutboxMail.id)).where(OutboxMail.state == STATE_FAILED)
     )
+    failures = session.execute(
+        select(OutboxMail.id, OutboxMail.kind, Ticket.number, OutboxMail.rcpt_tos,
+               OutboxMail.attempts, OutboxMail.last_error, OutboxMail.created_at)
+        .outerjoin(Ticket, Ticket.id == OutboxMail.ticket_id)
+        .where(OutboxMail.state == STATE_FAILED)
+        .order_by(OutboxMail.id.desc())
+        .limit(10)
+    ).all()
     oldest_unacked = session.execute(
         select(Ticket.number, Ticket.created_at)
         .where(Ticket.acked_at.is_(None))
@@ -69,6 +78,13 @@ def status_report(session: Session) -> dict[str, Any]:
             "pending": outbox_pending,
             "oldest_pending_seconds": _age(oldest_out, now),
             "failed": outbox_failed,
+            # The newest mails that failed for good, each with the relay's or our reason.
+            "recent_failures": [
+                {"id": f.id, "kind": f.kind, "case": f.number, "rcpt_tos": list(f.rcpt_tos),
+                 "attempts": f.attempts, "error": (f.last_error or "")[:300],
+                 "created_at": f.created_at.isoformat()}
+                for f in failures
+            ],
         },
         "tickets": {
             "total": session.scalar(select(func.count(Ticket.id))),
@@ -120,3 +136,16 @@ def quarantine_entry(row: InboundMail, *, full: bool = False) -> dict[str, Any]:
         "error": error if full else (error.strip().splitlines() or [""])[-1],
     }
     return entry
+
+
+def refresh_queue_gauges(db: Database) -> None:
+    """Queue gauges read from the database at scrape time (correct across workers)."""
+    with db.reader() as session:
+        report = status_report(session)
+    metrics.OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
+    metrics.OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
+    metrics.OUTBOX_FAILED.set(report["outbox"]["failed"] or 0)
+    metrics.QUARANTINE_SIZE.set(report["inbound"]["quarantined"] or 0)
+    metrics.INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
+    metrics.INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)
+    metrics.ACKS_LATE.set(len(report["acks"]["overdue"]))

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+import mailbridge.models  # noqa: F401  (every table known before a database opens)
 from mailbridge.db import Database
-from mailbridge.rules import Rules, load_rules
+from mailbridge.rules import Rules, load_rules, parse_rules
 from mailbridge.schema import upgrade
 from mailbridge.settings import Settings
 from tests.support.daemon import Daemon
 from tests.support.postgres import PostgresServer, postgres_available
+from tests.support.rules import DEMO_RULES, quiet_desk_text, write_quiet_desk
 from tests.support.sink import SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +71,7 @@ def settings(
     for key in list(os.environ):
         if key.startswith("MAILBRIDGE_") and key != "MAILBRIDGE_CORPUS":
             monkeypatch.delenv(key)
-    return Settings(data_dir=tmp_path / "var", rules=REPO / "rules.yaml",
+    return Settings(data_dir=tmp_path / "var", rules=write_quiet_desk(tmp_path / "rules"),
                     database_url=database_url, _env_file=None)
 
 
@@ -85,7 +87,13 @@ def db(settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture
 def rules() -> Rules:
-    return load_rules(REPO / "rules.yaml")
+    """The demo rules on the quiet desk (tests/support/rules.py); `demo_rules` as shipped."""
+    return parse_rules(quiet_desk_text())
+
+
+@pytest.fixture
+def demo_rules() -> Rules:
+    return load_rules(DEMO_RULES)
 
 
 @pytest.fixture
@@ -105,7 +113,7 @@ def make_daemon(tmp_path: Path, postgres_server: PostgresServer | None) -> Itera
     shared: dict[str, str] = {}
 
     def factory(name: str = "d", relay_port: int | None = None, shared_db: str | None = None,
-                **env: str) -> Daemon:
+                desk_notices: bool = False, **env: str) -> Daemon:
         extra = {f"MAILBRIDGE_{k.upper()}": str(v) for k, v in env.items()}
         if postgres_server is not None and "MAILBRIDGE_DATABASE_URL" not in extra:
             if shared_db is not None and shared_db in shared:
@@ -117,7 +125,7 @@ def make_daemon(tmp_path: Path, postgres_server: PostgresServer | None) -> Itera
             extra["MAILBRIDGE_DATABASE_URL"] = url
         if relay_port is not None:
             extra["MAILBRIDGE_RELAY"] = f"127.0.0.1:{relay_port}"
-        daemon = Daemon(tmp_path / name, extra)
+        daemon = Daemon(tmp_path / name, extra, desk_notices=desk_notices)
         daemon.upgrade()
         started.append(daemon)
         return daemon

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.rules import quiet_desk_text
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -40,7 +42,7 @@ def test_daemon_tells_systemd_ready_and_stopping(make_daemon, tmp_path) -> None:
 
 def test_sighup_reloads_rules_and_refuses_a_bad_file(make_daemon, tmp_path) -> None:
     rules = tmp_path / "rules.yaml"
-    rules.write_text((REPO / "rules.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    rules.write_text(quiet_desk_text(), encoding="utf-8")
     daemon = make_daemon(rules=str(rules)).start()
     with daemon.smtp() as client:
         client.ehlo("x.example")
@@ -60,7 +62,7 @@ def test_sighup_reloads_rules_and_refuses_a_bad_file(make_daemon, tmp_path) -> N
         assert client.rcpt("soporte-a@mesa.example")[0] == 250
 
     # A good file with a new address takes effect without a restart.
-    text = (REPO / "rules.yaml").read_text(encoding="utf-8").replace(
+    text = quiet_desk_text().replace(
         "  - address: soporte-c@mesa.example",
         "  - address: soporte-d@mesa.example\n    priority: C\n    queue: minima\n"
         "  - address: soporte-c@mesa.example",

@@ -4,7 +4,8 @@
 says which required fields are missing; `vendors` reads what a target's mail means
 (its ticket number, the case, the new state); `reminders.remind_overdue_vendors` is
 the idempotent sweep a scheduler or `mailbridge escalation sweep` calls. The pipeline
-side is `mailbridge/pipeline/vendor.py`.
+side is in `mailbridge/pipeline/stages/`: from_target.py, target_answer.py,
+vendor_follow_up.py and auto_escalate.py.
 """
 
 from mailbridge.escalation.reminders import remind_overdue_vendors

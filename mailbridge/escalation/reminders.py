@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import select
 
 from mailbridge.db import Database
-from mailbridge.escalation.service import case_reply_to, queue_mail, staff_recipients
+from mailbridge.escalation.service import staff_recipients
+from mailbridge.outbound.compose import PERSON, Answering, Mail, compose
 from mailbridge.rules import Rules
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
@@ -100,29 +101,25 @@ def remind_overdue_vendors(db: Database, rules: Rules, now: datetime) -> list[di
             }
             if remind:
                 number = f" (ticket #{reference.vendor_ticket})" if reference.vendor_ticket else ""
-                queue_mail(
-                    session, rules, ticket,
-                    template="vendor_reminder.txt.j2", kind="vendor_reminder",
+                compose(session, rules, Mail(
+                    template="vendor_reminder.txt.j2", kind="vendor_reminder", ticket=ticket,
                     to=[target.address],
                     subject=f"Recordatorio{number}: Escalamiento {target.label}: {ticket.subject}",
                     context=context,
-                    reply_to=case_reply_to(rules, ticket.number),
-                    in_reply_to=reference.message_id,
-                    references=[reference.message_id] if reference.message_id else [],
+                    answering=Answering(reference.message_id,
+                                        [reference.message_id] if reference.message_id else []),
                     # For people at the target, like the escalation itself.
-                    auto_submitted="no",
+                    auto_submitted=PERSON,
                     suppress_auto_responses=target.ticket_regex is None,
-                )
+                ), now=now)
                 reference.reminders += 1
                 reference.last_reminder_at = now
             staff = staff_recipients(session, rules, ticket, target, reference)
-            queue_mail(
-                session, rules, ticket,
-                template="vendor_overdue.txt.j2", kind="vendor_overdue",
+            compose(session, rules, Mail(
+                template="vendor_overdue.txt.j2", kind="vendor_overdue", ticket=ticket,
                 to=staff, subject=f"{target.label} sin respuesta: {ticket.subject}",
-                context=context,
-                reply_to=case_reply_to(rules, ticket.number),
-            )
+                context=context, answering=Answering(None),
+            ), now=now)
             reference.overdue_notices = step
             reference.updated_at = now
             session.add(TicketEvent(ticket_id=ticket.id, kind="vendor_overdue", at=now, data={

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,8 +22,8 @@ from mailbridge.escalation.fields import (
     values_from_case,
     values_from_text,
 )
-from mailbridge.outbound.outbox import OutboxMail, enqueue
-from mailbridge.outbound.render import Draft, DraftAttachment
+from mailbridge.outbound.compose import PERSON, Answering, Mail, case_address, compose
+from mailbridge.outbound.render import DraftAttachment
 from mailbridge.rules import EscalationTarget, Rules
 from mailbridge.tickets.evidence import evidence_path
 from mailbridge.tickets.models import (
@@ -37,7 +36,6 @@ from mailbridge.tickets.models import (
     TicketMessage,
     VendorReference,
 )
-from mailbridge.tickets.numbering import case_subject
 
 log = logging.getLogger(__name__)
 
@@ -64,59 +62,24 @@ class EscalationResult:
         return self.status == SENT
 
 
-def case_reply_to(rules: Rules, number: int) -> str:
-    local, _, domain = rules.desk.from_address.partition("@")
-    return f"{local}+{number}@{domain}"
-
-
-def queue_mail(
-    session: Session,
-    rules: Rules,
-    ticket: Ticket,
-    *,
-    template: str,
-    kind: str,
-    to: Sequence[str],
-    subject: str,
-    context: Mapping[str, Any],
-    reply_to: str | None = None,
-    extra_headers: Mapping[str, str] | None = None,
-    in_reply_to: str | None = None,
-    references: Sequence[str] = (),
-    attachments: Sequence[DraftAttachment] = (),
-    auto_submitted: str = "auto-generated",
-    suppress_auto_responses: bool = True,
-    inbound_id: int | None = None,
-) -> OutboxMail:
-    """One mail about a case from the desk, rendered into the caller's transaction."""
-    desk = rules.desk
-    draft = Draft(
-        template=template,
-        context={"desk": desk, "ticket": ticket, **context},
-        to=list(dict.fromkeys(to)),
-        subject=case_subject(desk.case_token, ticket.number, subject),
-        from_address=desk.from_address,
-        from_name=desk.from_name,
-        reply_to=reply_to,
-        in_reply_to=in_reply_to,
-        references=[r for r in references if r],
-        auto_submitted=auto_submitted,
-        extra_headers=dict(extra_headers or {}),
-        attachments=list(attachments),
-        suppress_auto_responses=suppress_auto_responses,
-    )
-    return enqueue(session, draft, kind=kind, ticket_id=ticket.id, inbound_id=inbound_id)
+def _answering(inbound_id: int | None) -> Answering | None:
+    """Mail a stored mail caused without answering it: its inbound row is recorded, and it
+    starts a thread of its own (as a new mail to a vendor or to staff does)."""
+    return None if inbound_id is None else Answering(None, (), inbound_id)
 
 
 def staff_recipients(
     session: Session, rules: Rules, ticket: Ticket, target: EscalationTarget,
     reference: VendorReference | None = None,
 ) -> list[str]:
-    """The case's staff participants (who escalated, who wrote on it), else the target's
-    `notify` addresses: a target's words go to staff, never to the customer."""
-    people: list[str] = []
+    """Who at the desk hears what a target said (never the customer): the case's owner,
+    else who escalated it, else the staff who wrote on it, else its queue, else the
+    target's `notify` addresses."""
+    if ticket.owner:
+        return [ticket.owner]
     if reference is not None and reference.requested_by and rules.is_staff(reference.requested_by):
-        people.append(reference.requested_by)
+        return [reference.requested_by]
+    people: list[str] = []
     for sender in session.scalars(
         select(TicketMessage.sender)
         .where(TicketMessage.ticket_id == ticket.id, TicketMessage.author_role == "staff")
@@ -124,7 +87,7 @@ def staff_recipients(
     ):
         if rules.is_staff(sender) and sender not in people:
             people.append(sender)
-    return people or list(target.notify)
+    return people or rules.queue_notify(ticket.queue) or list(target.notify)
 
 
 def _opening_text(session: Session, ticket: Ticket) -> str:
@@ -247,20 +210,20 @@ def escalate(
             + f"). Responda con «#escalar {name}» y una línea «Etiqueta: valor» por dato",
             missing=labels, reference=reference,
         )
-    row = _send_escalation(session, rules, ticket, name, target, found, evidence_dir,
-                           requested_by_name or requested_by, inbound_id)
+    message_id = _send_escalation(session, rules, ticket, name, target, found, evidence_dir,
+                                  requested_by_name or requested_by, inbound_id)
     reference.state = VENDOR_SENT
-    reference.message_id = row.message_id
+    reference.message_id = message_id
     reference.sent_at = reference.awaiting_since = now
     reference.overdue_notices = 0
     session.add(TicketEvent(ticket_id=ticket.id, kind="vendor_escalated", at=now, data={
-        "target": name, "address": target.address, "message_id": row.message_id,
+        "target": name, "address": target.address, "message_id": message_id,
         "by": requested_by, "origin": origin,
     }))
     session.flush()
     return EscalationResult(
         SENT, name, f"escalado a {target.label} ({target.address})",
-        reference=reference, message_id=row.message_id,
+        reference=reference, message_id=message_id,
     )
 
 
@@ -268,13 +231,13 @@ def _send_escalation(
     session: Session, rules: Rules, ticket: Ticket, name: str, target: EscalationTarget,
     found: list[FieldValue], evidence_dir: Path, requested_by_name: str | None,
     inbound_id: int | None,
-) -> OutboxMail:
+) -> str | None:
     attachments, left_out = _evidence(session, ticket, evidence_dir, target.max_attachment_bytes)
-    return queue_mail(
-        session, rules, ticket,
+    return compose(session, rules, Mail(
         template=target.template,
         kind="vendor_escalation",
         to=[target.address],
+        ticket=ticket,
         subject=f"Escalamiento {target.label}: {ticket.subject}",
         context={
             "target": target, "target_name": name, "values": found,
@@ -282,31 +245,28 @@ def _send_escalation(
             "requested_by_name": requested_by_name,
             "attached": [a.filename for a in attachments], "not_attached": left_out,
         },
-        reply_to=case_reply_to(rules, ticket.number),
         attachments=attachments,
         # Written for people at the target, who answer it; a ticketing vendor's
         # automatic answer (its ticket number) is wanted, so it is not suppressed.
-        auto_submitted="no",
+        auto_submitted=PERSON,
         suppress_auto_responses=target.ticket_regex is None,
-        inbound_id=inbound_id,
-    )
+        answering=_answering(inbound_id),
+    ))
 
 
 def ask_staff_for_fields(
     session: Session, rules: Rules, ticket: Ticket, result: EscalationResult,
     *, to: Iterable[str], reason: str = "", inbound_id: int | None = None,
-) -> OutboxMail:
+) -> str | None:
     """Tell staff an escalation waits for data (used where no command confirmation goes)."""
     target = rules.escalation_targets[result.target]
-    return queue_mail(
-        session, rules, ticket,
-        template="vendor_missing_fields.txt.j2", kind="vendor_missing_fields",
+    return compose(session, rules, Mail(
+        template="vendor_missing_fields.txt.j2", kind="vendor_missing_fields", ticket=ticket,
         to=list(to), subject=f"Faltan datos para escalar a {target.label}: {ticket.subject}",
         context={"target": target, "target_name": result.target, "missing": result.missing,
                  "reason": reason},
-        reply_to=case_reply_to(rules, ticket.number),
-        inbound_id=inbound_id,
-    )
+        answering=_answering(inbound_id),
+    ))
 
 
 def relay_to_staff(
@@ -325,7 +285,7 @@ def relay_to_staff(
     attachments: Sequence[DraftAttachment] = (),
     skipped: Sequence[str] = (),
     inbound_id: int | None = None,
-) -> OutboxMail:
+) -> str | None:
     """What the target wrote, to the case's staff; replying goes back to the target."""
     target = rules.escalation_targets[target_name]
     to = staff_recipients(session, rules, ticket, target, reference)
@@ -336,9 +296,8 @@ def relay_to_staff(
         label = f"{target.label} registró el escalamiento" + (
             f" (ticket #{reference.vendor_ticket})" if reference and reference.vendor_ticket else ""
         )
-    return queue_mail(
-        session, rules, ticket,
-        template="vendor_answer.txt.j2", kind="vendor_answer",
+    return compose(session, rules, Mail(
+        template="vendor_answer.txt.j2", kind="vendor_answer", ticket=ticket,
         to=to, subject=f"{label}: {ticket.subject}",
         context={
             "target": target, "reference": reference, "automatic": automatic,
@@ -347,11 +306,11 @@ def relay_to_staff(
         },
         # Staff answer the target straight away, with the case in copy (recorded there,
         # never relayed to the customer).
+        reply_to="",
         extra_headers={
-            "Reply-To": f"{target.address}, {case_reply_to(rules, ticket.number)}",
+            "Reply-To": f"{target.address}, {case_address(rules, ticket.number)}",
         },
-        in_reply_to=message_id,
-        references=[*references, *([message_id] if message_id else [])],
+        answering=Answering(message_id, [*references, *([message_id] if message_id else [])],
+                            inbound_id),
         attachments=attachments,
-        inbound_id=inbound_id,
-    )
+    ))

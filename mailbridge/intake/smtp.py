@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
+from mailbridge.limits import OPEN, REFUSED, LogThrottle, smtp_connection_cap
 from mailbridge.rules import Rules
 from mailbridge.settings import Settings
 from mailbridge.spool import InboundMail, StorageError, new_inbound, store_inbound
@@ -173,12 +174,16 @@ def received_line(session: Session, envelope: Envelope, hostname: str) -> bytes:
 
 @dataclass(frozen=True)
 class SessionLimits:
-    """What one client may do: how long, how many connections, how many commands."""
+    """What one client may do: how long, how many connections, how many commands.
+
+    `max_connections` is the listener's total, kept below the file-descriptor limit.
+    """
 
     idle_timeout: float
     session_timeout: float
     max_connections_per_peer: int
     command_limit: int
+    max_connections: int = 0  # 0 = no total limit
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionLimits:
@@ -187,6 +192,7 @@ class SessionLimits:
             session_timeout=settings.smtp_session_timeout,
             max_connections_per_peer=settings.max_connections_per_peer,
             command_limit=settings.smtp_command_limit,
+            max_connections=smtp_connection_cap(settings),
         )
 
 
@@ -209,12 +215,15 @@ class PeerConnections:
 IDLE_GOODBYE = b"421 4.4.2 Idle for too long; closing connection\r\n"
 SESSION_GOODBYE = b"421 4.4.2 Connection lasted too long; closing it\r\n"
 BUSY_GOODBYE = "421 4.7.0 Too many connections from your address; try again later"
+FULL_GOODBYE = "421 4.3.2 Too many connections; try again later"
+# A flood refuses thousands of connections a second: one line a second says so.
+_refusals = LogThrottle(1.0)
 
 
 class ListenerSMTP(SMTP):
     """aiosmtpd's SMTP with the listener's limits, tracking live connections for shutdown.
 
-    Limits: connections per peer IP (421 before the greeting), an idle timeout and a
+    Limits: connections in all and per peer IP (421 before the greeting), an idle timeout and a
     total session time (both 421 and hang-up, but never while this session's mail
     is being committed: its client must hear the answer), and each command at most
     `command_limit` times per connection (aiosmtpd's call limit, 421).
@@ -233,6 +242,7 @@ class ListenerSMTP(SMTP):
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self._peer_ip: str | None = None
         self._over_peer_limit = False
+        self._over_limit = False
         self._storing = False
         self._session_timer: asyncio.TimerHandle | None = None
 
@@ -243,6 +253,8 @@ class ListenerSMTP(SMTP):
             self._peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
             count = self.peers.add(self._peer_ip)
             self._over_peer_limit = count > self.limits.max_connections_per_peer
+            cap = self.limits.max_connections
+            self._over_limit = bool(cap) and len(type(self).live) > cap
             self._session_timer = asyncio.get_running_loop().call_later(
                 self.limits.session_timeout, self._session_expired
             )
@@ -257,14 +269,25 @@ class ListenerSMTP(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
+        if self._over_limit:
+            self._refuse("limit", FULL_GOODBYE, "too many SMTP connections; refused",
+                         self.limits.max_connections)
+            return
         if self._over_peer_limit:
-            log.warning("too many connections from one peer; refused",
-                        extra={"peer": self._peer_ip,
-                               "limit": self.limits.max_connections_per_peer})
-            await self.push(BUSY_GOODBYE)
-            self.close_transport()
+            self._refuse("per_peer", BUSY_GOODBYE, "too many connections from one peer; refused",
+                         self.limits.max_connections_per_peer)
             return
         await super()._handle_client()
+
+    def _refuse(self, reason: str, answer: str, message: str, limit: int) -> None:
+        """421 instead of the greeting, then hang up: nothing is read from this client."""
+        REFUSED.labels(listener="smtp", reason=reason).inc()
+        allowed, suppressed = _refusals.allow(reason)
+        if allowed:
+            log.warning(message, extra={"peer": self._peer_ip, "limit": limit,
+                                        "open": len(type(self).live),
+                                        "suppressed": suppressed})
+        self._goodbye(answer.encode("ascii") + b"\r\n")
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA with the message collected in one bytearray, trace line first.
@@ -386,6 +409,7 @@ def smtp_factory(handler: IntakeHandler, settings: Settings) -> Callable[[], Lis
         peers = PeerConnections()
 
     _Bound.limits = limits
+    OPEN.labels(listener="smtp").set_function(lambda: len(_Bound.live))
 
     def make() -> ListenerSMTP:
         return _Bound(

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, insert
 from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
 
+from mailbridge import metrics
 from mailbridge.db import Base, UTCDateTime, utcnow
+from mailbridge.outbound.addresses import transport_form
 from mailbridge.outbound.render import Draft, render
+
+log = logging.getLogger(__name__)
 
 STATE_PENDING = "pending"
 STATE_SENT = "sent"
@@ -42,25 +47,6 @@ Index("ix_outbox_state_next", OutboxMail.state, OutboxMail.next_attempt_at)
 _INSERT_OUTBOX_MAIL = insert(OutboxMail.__table__)  # built once: one per mail
 
 
-def enqueue(
-    session: Session,
-    draft: Draft,
-    *,
-    kind: str,
-    ticket_id: int | None,
-    inbound_id: int | None = None,
-    trigger_received_at: datetime | None = None,
-    envelope_from: str | None = None,
-    templates_dir: str | None = None,
-) -> OutboxMail:
-    """Render the draft now and add its row to the caller's transaction."""
-    row = OutboxMail(**_row_values(draft, kind=kind, ticket_id=ticket_id, inbound_id=inbound_id,
-                                   trigger_received_at=trigger_received_at,
-                                   envelope_from=envelope_from, templates_dir=templates_dir))
-    session.add(row)
-    return row
-
-
 def insert_outbox_mail(
     session: Session,
     draft: Draft,
@@ -72,11 +58,10 @@ def insert_outbox_mail(
     envelope_from: str | None = None,
     templates_dir: str | None = None,
 ) -> str:
-    """`enqueue` for callers that need no ORM object: one INSERT now; returns the Message-ID.
-
-    The pipeline writes one of these per mail; the ORM's unit of work around a row
-    nobody reads again costs more than rendering it (bench/README.md).
-    """
+    """Render the draft now and insert its row into the caller's transaction (one INSERT);
+    returns the Message-ID. Only `outbound.compose` calls it: every mail goes through the
+    composer. Core, not the ORM: its unit of work around a row nobody reads again cost
+    more than rendering it (bench/README.md)."""
     values = _row_values(draft, kind=kind, ticket_id=ticket_id, inbound_id=inbound_id,
                          trigger_received_at=trigger_received_at, envelope_from=envelope_from,
                          templates_dir=templates_dir)
@@ -94,6 +79,12 @@ def _row_values(
     envelope_from: str | None,
     templates_dir: str | None,
 ) -> dict[str, Any]:
+    draft, left_out = draft.capped()
+    if left_out:
+        metrics.AUTO_REPLIES_WITHHELD.labels(reason="recipient_cap").inc(len(left_out))
+        log.warning("outbound recipients over the cap left out",
+                    extra={"kind": kind, "ticket_id": ticket_id, "cap": draft.max_recipients,
+                           "left_out": len(left_out)})
     message_id, raw = render(draft, templates_dir)
     now = utcnow()
     return {
@@ -106,7 +97,7 @@ def _row_values(
         # bounces come back and be recorded on the case; X-Loop and
         # Auto-Submitted keep other robots from answering.
         "mail_from": envelope_from or draft.from_address,
-        "rcpt_tos": sorted({*draft.to, *draft.cc}),
+        "rcpt_tos": sorted({transport_form(a) for a in (*draft.to, *draft.cc)}),
         "message_id": message_id,
         "subject": draft.subject,
         "raw": raw,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from functools import lru_cache
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from mailbridge.db import utcnow
+from mailbridge.outbound.addresses import needs_smtputf8, transport_form
 from mailbridge.parse.mime import clean_header_text
 from mailbridge.resources import data_dir
 
@@ -43,8 +44,14 @@ def new_message_id(domain: str, hint: str = "") -> str:
 
 
 def _address(text: str, name: str = "") -> Address:
-    local, _, domain = text.partition("@")
+    local, _, domain = transport_form(text).rpartition("@")
     return Address(display_name=clean_header_text(name), username=local, domain=domain)
+
+
+def _is_international(draft: Draft) -> bool:
+    """An address with a non-ASCII local part: only SMTPUTF8 (RFC 6531) can carry the mail,
+    and its address headers are written in UTF-8 (an encoded word is not allowed there)."""
+    return any(needs_smtputf8(a) for a in (*draft.to, *draft.cc, draft.reply_to or ""))
 
 
 @dataclass
@@ -67,6 +74,28 @@ class Draft:
     attachments: list[DraftAttachment] = field(default_factory=list)
     # False for mail whose automatic answer we want (a vendor's ticket number).
     suppress_auto_responses: bool = True
+    # At most this many recipients (To first, then Cc); the rest are left out and logged
+    # (rules.yaml desk.max_auto_recipients).
+    max_recipients: int = 10
+
+    def capped(self) -> tuple[Draft, list[str]]:
+        """This draft within `max_recipients` (duplicates dropped), and who was left out."""
+        seen: set[str] = set()
+        kept_to: list[str] = []
+        kept_cc: list[str] = []
+        left_out: list[str] = []
+        for address, kept in [*((a, kept_to) for a in self.to), *((a, kept_cc) for a in self.cc)]:
+            key = address.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(kept_to) + len(kept_cc) < self.max_recipients:
+                kept.append(address)
+            else:
+                left_out.append(address)
+        if not left_out and kept_to == self.to and kept_cc == self.cc:
+            return self, []
+        return replace(self, to=kept_to, cc=kept_cc), left_out
 
 
 @dataclass(frozen=True)
@@ -122,6 +151,7 @@ def _header_values(draft: Draft) -> tuple[str, list[tuple[str, str]]]:
 
 # What the policy would change: line breaks, runs of whitespace, encoded words, controls.
 _NEEDS_POLICY = re.compile(r"[\r\n\t\x00-\x1f\x7f]| {2}|=\?")
+_ADDRESS_HEADERS = frozenset({"To", "Cc", "Reply-To"})
 _TEXT_BODY_HEADERS = (
     b'Content-Type: text/plain; charset="utf-8"\r\n'
     b"Content-Transfer-Encoding: quoted-printable\r\n"
@@ -138,6 +168,7 @@ def _render_text_only(draft: Draft, body: str) -> tuple[str, bytes]:
     policy as before. Header names and values are ours or cleaned to one line.
     """
     message_id, headers = _header_values(draft)
+    address_policy = SMTPUTF8 if _is_international(draft) else SMTP
     out: list[bytes] = []
     for name, value in headers:
         line = f"{name}: {value}"
@@ -145,7 +176,8 @@ def _render_text_only(draft: Draft, body: str) -> tuple[str, bytes]:
                 and value.strip() == value and not _NEEDS_POLICY.search(value):
             out.append(line.encode("ascii") + b"\r\n")
         else:
-            out.append(SMTP.fold_binary(name, SMTP.header_store_parse(name, value)[1]))
+            policy = address_policy if name in _ADDRESS_HEADERS else SMTP
+            out.append(policy.fold_binary(name, policy.header_store_parse(name, value)[1]))
     out.append(_TEXT_BODY_HEADERS)
     out.append(b"\r\n")
     # As email.contentmanager encodes text with cte="quoted-printable".
@@ -193,4 +225,4 @@ def _render_mime(draft: Draft, body: str) -> tuple[str, bytes]:
             maintype, subtype = "application", "octet-stream"
         msg.add_attachment(item.data, maintype=maintype, subtype=subtype,
                            filename=clean_header_text(item.filename) or "adjunto")
-    return message_id, msg.as_bytes(policy=SMTP)
+    return message_id, msg.as_bytes(policy=SMTPUTF8 if _is_international(draft) else SMTP)

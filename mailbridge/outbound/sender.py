@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
 import smtplib
 import socket
-import threading
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,8 +20,9 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, UTCDateTime, utcnow
+from mailbridge.outbound.addresses import header_block_is_ascii
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, STATE_SENT, OutboxMail
-from mailbridge.settings import Settings
+from mailbridge.settings import Settings, is_loopback_host
 from mailbridge.tickets.models import Ticket, TicketEvent
 from mailbridge.workers import BackgroundLoop
 
@@ -28,11 +30,34 @@ log = logging.getLogger(__name__)
 
 
 class PermanentFailure(Exception):
-    """The relay refused the mail for good (5xx): retrying will not help."""
+    """This mail cannot be sent as it is (5xx, an address the relay cannot take, an
+    encoding error): retrying will not help. Only its own row fails."""
 
 
 class TransientFailure(Exception):
-    """The relay is unreachable or said 4xx: try again later."""
+    """Try again later. `relay_down`: the relay itself is unreachable or closing
+    (connection error, 421), so nothing else is tried either until it has rested;
+    otherwise only this mail was deferred (4xx to its MAIL, RCPT or DATA)."""
+
+    def __init__(self, message: str, *, relay_down: bool = False) -> None:
+        super().__init__(message)
+        self.relay_down = relay_down
+
+
+# What the relay refused of a mail it otherwise took: {recipient: (code, text)}.
+Refused = dict[str, tuple[int, bytes]]
+
+
+def _maildir_name(message_id: str) -> str:
+    """One file name per Message-ID: a mail delivered before a crash is not written twice."""
+    digest = hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"mb{digest}.{_HOST}"
+
+
+_HOST = socket.gethostname().replace("/", "_").replace(":", "_") or "localhost"
+# A half-written file left in tmp by a killed daemon is removed at start; one this old is
+# removed whoever wrote it (the Maildir convention is 36 hours).
+_STALE_TMP_SECONDS = 36 * 3600
 
 
 class MaildirTransport:
@@ -42,6 +67,26 @@ class MaildirTransport:
         self.root = root
         for sub in ("tmp", "new", "cur"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        self.clean_tmp()
+
+    def clean_tmp(self) -> int:
+        """Remove what a killed writer left in tmp (its mail is still pending in the outbox,
+        so it is written again); returns how many files went."""
+        removed = 0
+        now = time.time()
+        for path in (self.root / "tmp").iterdir():
+            stem, _, pid = path.name.rpartition(".")  # <mbDIGEST>.<host>.<pid>
+            ours = stem.partition(".")[2] == _HOST and pid.isdigit()
+            try:
+                if (ours and not _pid_alive(int(pid))) \
+                        or now - path.stat().st_mtime > _STALE_TMP_SECONDS:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.warning("outbound maildir: removed half-written files", extra={"count": removed})
+        return removed
 
     def open(self) -> None:  # nothing to connect
         return None
@@ -49,17 +94,21 @@ class MaildirTransport:
     def close(self) -> None:
         return None
 
-    def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> None:
-        name = f"{time.time():.6f}.{os.getpid()}_{threading.get_ident()}.{socket.gethostname()}"
-        tmp = self.root / "tmp" / name
+    def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> Refused:
+        name = _maildir_name(message_id)
+        final = self.root / "new" / name
+        if final.exists() or any((self.root / "cur").glob(f"{name}:*")):
+            return {}  # delivered before a crash that kept the outbox from recording it
+        tmp = self.root / "tmp" / f"{name}.{os.getpid()}"
+        envelope_to = ", ".join(_one_line(r) for r in rcpt_tos)
         try:
             with open(tmp, "wb") as handle:
-                handle.write(f"Return-Path: <{mail_from}>\r\n".encode())
-                handle.write(f"X-Envelope-To: {', '.join(rcpt_tos)}\r\n".encode())
+                handle.write(f"Return-Path: <{_one_line(mail_from)}>\r\n".encode())
+                handle.write(f"X-Envelope-To: {envelope_to}\r\n".encode())
                 handle.write(raw)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.rename(tmp, self.root / "new" / name)
+            os.rename(tmp, final)
             dir_fd = os.open(self.root / "new", os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -67,33 +116,73 @@ class MaildirTransport:
                 os.close(dir_fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise TransientFailure(f"maildir: {exc}") from exc
+            raise TransientFailure(f"maildir: {exc}", relay_down=True) from exc
+        return {}
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RelayTransport:
-    """SMTP to the configured relay; one connection reused across a batch."""
+    """SMTP to the configured relay; one connection reused across a batch.
+
+    TLS is verified (certificate and host name; `relay_ca_file` for a private CA), either
+    implicit (`relay_tls`, port 465) or by STARTTLS, which must then succeed. A password is
+    never sent over a clear connection unless the relay is on loopback.
+    """
 
     def __init__(self, settings: Settings) -> None:
         assert settings.relay_address is not None
         self.host, self.port = settings.relay_address
         self.settings = settings
+        self.security = settings.relay_security
         self.client: smtplib.SMTP | None = None
+        self._tls_context: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls_context is None:
+            ca = self.settings.relay_ca_file
+            self._tls_context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        return self._tls_context
 
     def open(self) -> None:
         if self.client is not None:
             return
+        timeout = self.settings.relay_timeout
+        client: smtplib.SMTP | None = None
         try:
-            client = smtplib.SMTP(self.host, self.port, timeout=self.settings.relay_timeout)
+            if self.security == "tls":
+                client = smtplib.SMTP_SSL(self.host, self.port, timeout=timeout,
+                                          context=self.tls_context())
+            else:
+                client = smtplib.SMTP(self.host, self.port, timeout=timeout)
             client.ehlo()
-            if self.settings.relay_starttls:
-                client.starttls()
+            if self.security == "starttls":
+                client.starttls(context=self.tls_context())
                 client.ehlo()
             if self.settings.relay_user and self.settings.relay_password:
+                if self.security == "none" and not is_loopback_host(self.host):
+                    raise smtplib.SMTPException("refusing to send the relay password over a "
+                                                "connection that is not encrypted")
                 client.login(
                     self.settings.relay_user, self.settings.relay_password.get_secret_value()
                 )
         except (OSError, smtplib.SMTPException) as exc:
-            raise TransientFailure(f"relay {self.host}:{self.port}: {exc}") from exc
+            if client is not None:
+                client.close()
+            raise TransientFailure(f"relay {self.host}:{self.port}: {exc}",
+                                   relay_down=True) from exc
         self.client = client
 
     def close(self) -> None:
@@ -104,31 +193,61 @@ class RelayTransport:
                 pass
             self.client = None
 
-    def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> None:
+    def _drop(self) -> None:
+        """After a failed exchange the session state is unknown: start the next one afresh."""
+        if self.client is not None:
+            try:
+                self.client.close()
+            finally:
+                self.client = None
+
+    def _mail_options(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> list[str]:
+        assert self.client is not None
+        if mail_from.isascii() and all(r.isascii() for r in rcpt_tos) \
+                and header_block_is_ascii(raw):
+            return []
+        if not self.client.has_extn("smtputf8"):
+            international = [a for a in (mail_from, *rcpt_tos) if not a.isascii()]
+            raise PermanentFailure(
+                "the relay does not offer SMTPUTF8, which this internationalised address "
+                f"needs: {', '.join(international) or 'UTF-8 headers'}"
+            )
+        return ["SMTPUTF8", "BODY=8BITMIME"] if self.client.has_extn("8bitmime") \
+            else ["SMTPUTF8"]
+
+    def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> Refused:
         self.open()
         assert self.client is not None
         try:
-            refused = self.client.sendmail(mail_from, rcpt_tos, raw)
+            options = self._mail_options(mail_from, rcpt_tos, raw)
+            refused: Refused = self.client.sendmail(mail_from, rcpt_tos, raw,
+                                                    mail_options=options)
+        except PermanentFailure:
+            raise
         except smtplib.SMTPRecipientsRefused as exc:
-            self._raise_for(exc.recipients)
+            self._drop()
+            raise self._failure_for(exc.recipients) from exc
         except smtplib.SMTPResponseException as exc:
-            self.close()
+            self._drop()
+            text = f"{exc.smtp_code} {exc.smtp_error!r}"
             if 500 <= exc.smtp_code < 600:
-                raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
-            raise TransientFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+                raise PermanentFailure(text) from exc
+            raise TransientFailure(text, relay_down=exc.smtp_code == 421) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            self.close()
-            raise TransientFailure(str(exc)) from exc
-        if refused:
-            log.warning("relay refused some recipients", extra={"refused": str(refused)})
+            self._drop()
+            raise TransientFailure(str(exc), relay_down=True) from exc
+        except (UnicodeError, ValueError) as exc:  # smtplib could not write this mail
+            self._drop()
+            raise PermanentFailure(f"cannot be written to the relay: {exc}") from exc
+        return refused
 
     @staticmethod
-    def _raise_for(recipients: dict[str, tuple[int, bytes]]) -> None:
+    def _failure_for(recipients: Refused) -> PermanentFailure | TransientFailure:
         codes = [code for code, _msg in recipients.values()]
         text = "; ".join(f"{r}: {c} {m!r}" for r, (c, m) in recipients.items())
         if all(500 <= c < 600 for c in codes):
-            raise PermanentFailure(text)
-        raise TransientFailure(text)
+            return PermanentFailure(text)
+        return TransientFailure(text, relay_down=421 in codes)
 
 
 class AcceptedMarker:
@@ -179,6 +298,22 @@ class AcceptedMarker:
         return True
 
 
+def _take_dead_markers(run_dir: Path) -> list[str]:
+    """The Message-IDs in the markers of this host's dead PostgreSQL workers; the files go."""
+    found: list[str] = []
+    for path in run_dir.glob(f"outbox-accepted.{_HOST}.*"):
+        pid = path.name.rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            data = path.read_bytes().rstrip(b"\0").decode("utf-8", "replace")
+            path.unlink()
+        except OSError:
+            continue
+        found.extend(line for line in data.split("\n") if line)
+    return found
+
+
 @dataclass
 class SendResult:
     sent: int = 0
@@ -206,9 +341,11 @@ _TICKETS = Ticket.__table__
 _NOW = bindparam("now", type_=UTCDateTime)
 _IS_DUE = and_(_O.state == STATE_PENDING, _O.next_attempt_at <= _NOW)
 _DUE_IDS = select(_O.id).where(_IS_DUE).order_by(_O.id).limit(bindparam("limit"))
+# A pass walks forward by id, so it never tries one mail twice (a row deferred with no
+# delay waits for the next pass).
 _DUE_ROWS = (
     select(_O.id, _O.mail_from, _O.rcpt_tos, _O.raw, _O.message_id)
-    .where(_IS_DUE).order_by(_O.id).limit(bindparam("limit"))
+    .where(_IS_DUE, _O.id > bindparam("after")).order_by(_O.id).limit(bindparam("limit"))
 )
 _NEXT_DUE = select(func.min(_O.next_attempt_at)).where(_O.state == STATE_PENDING)
 # PostgreSQL: the row stays locked for the whole send (another worker skips it).
@@ -271,21 +408,40 @@ class OutboxSender(BackgroundLoop):
             self.transport = RelayTransport(settings)
         else:
             self.transport = MaildirTransport(settings.outbound_maildir)
-        self.accepted = (
-            AcceptedMarker(settings.run_dir / "outbox-accepted") if db.is_sqlite else None
-        )
-        # After a transient relay failure nothing is tried before this instant
-        # (monotonic), so a dead relay is not hammered once per queued row.
+        # SQLite has one daemon per database: one marker. On PostgreSQL several workers may
+        # share a data directory: each has its own, and takes over those of dead workers
+        # of this host (their mail is recorded, not sent again, once this one starts).
+        if db.is_sqlite:
+            self.accepted = AcceptedMarker(settings.run_dir / "outbox-accepted")
+            self.inherited: list[str] = []
+        else:
+            self.accepted = AcceptedMarker(
+                settings.run_dir / f"outbox-accepted.{_HOST}.{os.getpid()}")
+            self.inherited = _take_dead_markers(settings.run_dir)
+        # After the relay failed as a whole (unreachable, 421) nothing is tried before
+        # this instant (monotonic), so a dead relay is not hammered once per queued row.
+        # The pause doubles with each failure in a row and ends at the first mail taken.
         self.paused_until = 0.0
+        self.relay_failures = 0
+
+    def paused(self) -> bool:
+        return time.monotonic() < self.paused_until
 
     def _run(self) -> None:
+        failed_passes = 0
         while not self._stop.is_set():
             try:
                 result = self.send_due()
+                failed_passes = 0
             except Exception:
-                log.exception("outbox pass failed")
-                result = SendResult(deferred=1)
-            if result.sent and not result.deferred:
+                # Not a mail's fault (each row fails on its own): the database, most likely.
+                # Backed off, so a lasting fault costs a log line every minute, not a loop.
+                failed_passes += 1
+                log.exception("outbox pass failed", extra={"failed_passes": failed_passes})
+                self.wakeup.wait(min(60.0, 0.5 * 2 ** min(failed_passes, 7)))
+                self.wakeup.clear()
+                continue
+            if result.sent and not self.paused():
                 continue  # more may be waiting: go again without sleeping
             self.wakeup.wait(self._idle_wait())
             self.wakeup.clear()
@@ -307,12 +463,13 @@ class OutboxSender(BackgroundLoop):
     def send_due(self, limit: int = 100) -> SendResult:
         """Send what is due now; returns the counts. Safe to call from tests."""
         result = SendResult()
-        if time.monotonic() < self.paused_until:
+        if self.paused():
             return result
         try:
             if self.db.is_sqlite:
                 self._send_batch_sqlite(result, limit)
             else:
+                self._recover_accepted()
                 with self.db.reader() as session:
                     ids = session.execute(
                         _DUE_IDS, {"now": utcnow(), "limit": limit}
@@ -322,7 +479,7 @@ class OutboxSender(BackgroundLoop):
                         break
                     outcome = self._send_one(outbox_id)
                     setattr(result, outcome, getattr(result, outcome) + 1)
-                    if outcome == "deferred":
+                    if self.paused():
                         break  # the relay is down: do not hammer it row by row
         finally:
             self.transport.close()
@@ -336,29 +493,34 @@ class OutboxSender(BackgroundLoop):
         commit in between does not send it again.
         """
         self._recover_accepted()
+        after = 0
         while not (self._stop.is_set() and result.sent) and limit > 0:
             with self.db.reader() as session:
                 rows = session.execute(
-                    _DUE_ROWS, {"now": utcnow(), "limit": min(chunk, limit)}
+                    _DUE_ROWS, {"now": utcnow(), "limit": min(chunk, limit), "after": after}
                 ).all()
             if not rows:
                 return
             limit -= len(rows)
+            after = rows[-1][0]
             accepted: list[int] = []
+            partly: dict[int, Refused] = {}
             refused: list[tuple[int, PermanentFailure | TransientFailure]] = []
             for outbox_id, mail_from, rcpt_tos, raw, message_id in rows:
-                error = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
+                error, some_refused = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
                 if error is None:
                     accepted.append(outbox_id)
-                    if self.accepted is not None:
-                        self.accepted.add(message_id)
+                    if some_refused:
+                        partly[outbox_id] = some_refused
+                    self.accepted.add(message_id)
                     continue
                 refused.append((outbox_id, error))
-                if isinstance(error, TransientFailure):
+                if isinstance(error, TransientFailure) and error.relay_down:
                     break  # the relay is down: do not hammer it row by row
             with self.db.transaction() as session:
                 if accepted:
-                    sent = self._record_sent(session, _MARK_SENT, {"ids": accepted})
+                    sent = self._record_sent(session, _MARK_SENT, {"ids": accepted},
+                                             partly=partly)
                     result.sent += sent
                     result.skipped += len(accepted) - sent
                 for outbox_id, error in refused:
@@ -368,20 +530,20 @@ class OutboxSender(BackgroundLoop):
                         continue
                     outcome = self._record_failure(session, _Attempt(*row), error)
                     setattr(result, outcome, getattr(result, outcome) + 1)
-            if self.accepted is not None:
-                self.accepted.clear()
-            if result.deferred:
+            self.accepted.clear()
+            if self.paused():
                 return
 
     def _recover_accepted(self) -> None:
         """Mail the relay accepted before a crash or a failed commit: recorded, not resent."""
-        accepted = self.accepted.get() if self.accepted is not None else []
+        accepted = [*self.accepted.get(), *self.inherited]
         if not accepted:
             return
         with self.db.transaction() as session:
             self._record_sent(session, _MARK_SENT_BY_MESSAGE_ID, {"message_ids": accepted},
                               recovered=True)
-        self.accepted.clear()  # type: ignore[union-attr]
+        self.accepted.clear()
+        self.inherited = []
 
     def _send_one(self, outbox_id: int) -> str:
         """PostgreSQL: the row stays locked (SKIP LOCKED) for the whole send, so two
@@ -391,28 +553,50 @@ class OutboxSender(BackgroundLoop):
             if row is None:
                 return "skipped"
             row_id, mail_from, rcpt_tos, raw, message_id, attempts, kind, ticket_id = row
-            error = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
+            error, some_refused = self._transmit(mail_from, list(rcpt_tos), raw, message_id)
             if error is None:
-                self._record_sent(session, _MARK_SENT, {"ids": [row_id]})
-                return "sent"
-            return self._record_failure(
-                session, _Attempt(row_id, attempts, kind, ticket_id, message_id), error
-            )
+                # Until the commit below, a crash must not send it again: the marker says so.
+                self.accepted.add(message_id)
+                self._record_sent(session, _MARK_SENT, {"ids": [row_id]},
+                                  partly={row_id: some_refused} if some_refused else None)
+                outcome = "sent"
+            else:
+                outcome = self._record_failure(
+                    session, _Attempt(row_id, attempts, kind, ticket_id, message_id), error
+                )
+        self.accepted.clear()
+        return outcome
 
     def _transmit(
         self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str
-    ) -> PermanentFailure | TransientFailure | None:
+    ) -> tuple[PermanentFailure | TransientFailure | None, Refused]:
+        """One mail to the transport: (its failure or None, recipients refused of it)."""
         try:
-            self.transport.send(mail_from, rcpt_tos, raw, message_id)
+            self.transport.open()
+        except TransientFailure as exc:
+            return exc, {}
+        except Exception as exc:  # not this mail's fault: the relay rests, the mail waits
+            log.exception("relay connection failed")
+            return TransientFailure(f"relay connection: {exc!r}"[:500], relay_down=True), {}
+        try:
+            some_refused = self.transport.send(mail_from, rcpt_tos, raw, message_id)
         except (PermanentFailure, TransientFailure) as exc:
-            return exc
-        return None
+            return exc, {}
+        except Exception as exc:  # a fault of this mail's data must not stop the others
+            log.exception("outbound mail could not be handed over",
+                          extra={"message_id": message_id})
+            self.transport.close()
+            return PermanentFailure(f"cannot be sent: {exc!r}"[:500]), {}
+        self.relay_failures = 0  # the relay took a mail: it is up
+        return None, some_refused or {}
 
     def _record_sent(
-        self, session: Session, statement: Any, params: dict[str, Any], *, recovered: bool = False
+        self, session: Session, statement: Any, params: dict[str, Any], *, recovered: bool = False,
+        partly: dict[int, Refused] | None = None,
     ) -> int:
         """Mark the pending rows the statement names as sent, in one UPDATE; their acks
-        acknowledge their cases. Returns how many rows were still pending."""
+        acknowledge their cases. Returns how many rows were still pending. `partly`: the
+        recipients the relay refused of a mail it took, recorded on the case."""
         now = utcnow()
         done = session.execute(statement, {**params, "now": now}).all()
         done.sort(key=lambda r: r[0])
@@ -420,7 +604,18 @@ class OutboxSender(BackgroundLoop):
                  if ticket_id and kind == "ack"]
         if acked:
             session.execute(_MARK_ACKED, {"ids": acked, "now": now})
-        for _id, kind, ticket_id, message_id, trigger_received_at in done:
+        for row_id, kind, ticket_id, message_id, trigger_received_at in done:
+            some_refused = (partly or {}).get(row_id)
+            if some_refused:
+                reasons = {r: f"{c} {m.decode('utf-8', 'replace')}"[:300]
+                           for r, (c, m) in some_refused.items()}
+                log.warning("relay refused some recipients",
+                            extra={"message_id": message_id, "refused": reasons})
+                if ticket_id:
+                    session.execute(_ADD_EVENT, [{
+                        "ticket_id": ticket_id, "kind": "outbound_partly_refused", "at": now,
+                        "data": {"message_id": message_id, "refused": reasons},
+                    }])
             if recovered:
                 log.warning("the relay accepted this mail before; recorded, not sent again",
                             extra={"message_id": message_id})
@@ -439,7 +634,8 @@ class OutboxSender(BackgroundLoop):
         tries = row.attempts + 1
         if isinstance(error, TransientFailure):
             delay = self._schedule_retry(session, row, tries, str(error))
-            self.paused_until = time.monotonic() + delay
+            if error.relay_down:
+                self._pause_relay(delay)
             return "deferred"
         session.execute(_MARK_FAILED, {"row_id": row.id, "error": str(error), "tries": tries})
         if row.ticket_id:
@@ -469,3 +665,11 @@ class OutboxSender(BackgroundLoop):
             extra={"message_id": row.message_id, "error": error, "retry_in": round(delay, 1)},
         )
         return delay
+
+    def _pause_relay(self, row_delay: float) -> None:
+        """Nothing goes to a relay that failed as a whole until it has rested: as long as
+        the row's own delay, and doubling with each failure in a row (base, 2×base, …)."""
+        self.relay_failures += 1
+        delay = min(self.settings.outbox_retry_max,
+                    self.settings.outbox_retry_base * 2 ** min(self.relay_failures - 1, 20))
+        self.paused_until = time.monotonic() + max(row_delay, delay * random.uniform(0.8, 1.2))

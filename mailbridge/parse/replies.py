@@ -7,6 +7,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from mailbridge.parse.ahead import ahead
+from mailbridge.parse.fieldvalues import fold
 from mailbridge.parse.quotes import signature_free, strip_quotes
 
 # Reply/forward prefixes of the clients a Spanish desk sees: RE/RV (Outlook es), Rif/R (it),
@@ -58,6 +59,52 @@ def normalise_subject(subject: str, case_token: str = "Caso") -> str:
         text = _LEADING_TAG_RE.sub("", text)
         text = _GATEWAY_WORD_RE.sub("", text)
     return unicodedata.normalize("NFC", _WS_RE.sub(" ", text).strip().casefold())
+
+
+# --- close subjects --------------------------------------------------------------------------
+
+# Words that carry no subject of their own (Spanish and English), folded.
+_SUBJECT_STOPWORDS = frozenset("""
+    a al ante con de del desde e el en entre la las lo los o para por que se sin su sus un una
+    unos unas y ya muy mas hay no es son esta estan fue han hoy
+    the a an of in on at to for and or is are with from
+    urgente urgent favor ayuda help problema problemas consulta solicitud caso
+""".split())
+_WORD_RE = re.compile(r"[^\W_]+")
+
+
+def _stem(word: str) -> str:
+    """A light Spanish stem: plural and verb endings off ("fallan", "falla" → "fall")."""
+    for suffix in ("aciones", "ciones", "mente", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    for suffix in ("an", "en", "ar", "er", "ir", "a", "e", "o"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def subject_words(subject_key: str, *, ignore: str | None = None) -> frozenset[str]:
+    """The stems of a normalised subject's meaningful words; `ignore` (a tenant ID) out."""
+    text = fold(subject_key)
+    if ignore:
+        text = text.replace(fold(ignore), " ")
+    words: set[str] = set()
+    for word in _WORD_RE.findall(text):
+        if word.isalpha():
+            if len(word) >= 3 and word not in _SUBJECT_STOPWORDS:
+                words.add(_stem(word))
+        else:  # "INC4711", "500", "enlace 2": a reference tells issues apart, as it is
+            words.add(word)
+    return frozenset(words)
+
+
+def close_subjects(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Whether two subjects name the same issue ("Fallan los reportes", "Falla en reportes"):
+    at least two meaningful words in common and most of them shared (Jaccard ≥ 0.6)."""
+    shared = len(a & b)
+    return shared >= 2 and shared / len(a | b) >= 0.6
 
 
 # --- thanks-only replies ----------------------------------------------------------------------

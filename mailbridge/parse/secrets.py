@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterator
 
 from mailbridge.parse.ahead import ahead
 from mailbridge.parse.fieldvalues import fold
@@ -75,6 +76,7 @@ _PASSWORD_RE = re.compile(
     r"|[ \t]+(?:es|era|sera|será|seria|sería|nueva)[ \t]*:?[ \t]*)"
     r"(?P<value>[^\s]{1,128})(?P<tail>[^\n]*)"
 )
+_PASSWORD_WORD_RE = re.compile(rf"(?i)(?:{_PASSWORD_WORDS})")
 # Words after "contraseña:" that describe rather than reveal it.
 _NOT_A_PASSWORD = {
     "la", "el", "lo", "no", "si", "sí", "de", "del", "es", "un", "una", "mi", "su", "tu", "que",
@@ -97,16 +99,26 @@ def _looks_like_password(value: str) -> bool:
     return has_digit or has_symbol or inner_upper
 
 
+def _password_matches(text: str) -> Iterator[re.Match[str]]:
+    """Every "word separator value" in the text, each scan going on right after the value:
+    a match takes its line's tail, and the tail may hold the password ("Mi contraseña:
+    la nueva contraseña es Abc123!", "la clave es contraseña: Abc123!")."""
+    position = 0
+    while (match := _PASSWORD_RE.search(text, position)) is not None:
+        yield match
+        position = match.start("value")
+
+
 def _password_spans(text: str) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
-    for match in _PASSWORD_RE.finditer(text):
+    for match in _password_matches(text):
         word = fold(match.group("word"))
         sep = match.group("sep")
         value = match.group("value").rstrip(".,;)]}\"'")
         if not value or value.startswith(("*", "•", "x" * 4, "[")) or set(value) <= {"*", "•", "x"}:
             continue
-        if fold(value) in _NOT_A_PASSWORD:
-            continue
+        if fold(value) in _NOT_A_PASSWORD or _PASSWORD_WORD_RE.fullmatch(value.rstrip(":=")):
+            continue  # a word about it, or the next label ("la clave es contraseña: …")
         if "palabra" in fold(text[max(0, match.start() - 9) : match.start()]):
             continue  # "palabra clave: correo" is a keyword, not a password
         alone_on_line = not match.group("tail").strip()

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailbridge import auth
 from mailbridge.parse.classify import Classification
 from mailbridge.parse.mime import ParsedMail
 from mailbridge.parse.replies import StaffCommand
@@ -19,6 +20,17 @@ from mailbridge.tickets.models import Ticket
 ROLE_CUSTOMER = "customer"
 ROLE_STAFF = "staff"
 ROLE_EXTERNAL = "external"  # on the thread, but neither staff nor a known contact
+ROLE_VENDOR = "vendor"  # Operations or a vendor a case was escalated to
+
+# The flows a mail can take through the stages (each stage names the flows it serves):
+# a customer's or staff member's mail, or the answer of Operations or a vendor.
+FLOW_CASE = "case"
+FLOW_TARGET = "target"
+
+
+def envelope_sender_of(channel: str, mail_from: str) -> str | None:
+    """MAIL FROM for SMTP ("" is the null sender); None where the channel has none."""
+    return mail_from.strip("<>") if channel == "smtp" else None
 
 
 @dataclass
@@ -40,6 +52,12 @@ class MailContext:
     tenant_id: str | None = None
     tenant: Tenant | None = None
     sender_role: str = ROLE_CUSTOMER
+    flow: str = FLOW_CASE
+    target_name: str | None = None  # the escalation target that wrote (FLOW_TARGET)
+    new_text: str = ""  # the mail's own text, quoted history stripped (before redaction)
+    # What the mail's trip decided when no stage stopped it (Apply sets it).
+    outcome: Outcome | None = None
+    sender_auth: auth.AuthVerdict | None = None  # checked once, when a stage first asks
     body: str = ""
     commands: list[StaffCommand] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
@@ -58,9 +76,26 @@ class MailContext:
     @property
     def envelope_sender(self) -> str | None:
         """MAIL FROM for SMTP ("" is the null sender); None where the channel has none."""
-        if self.inbound.channel == "smtp":
-            return self.inbound.mail_from.strip("<>")
-        return None
+        return envelope_sender_of(self.inbound.channel, self.inbound.mail_from)
+
+    def sender_is_authentic(self) -> bool:
+        """Whether this mail's author is who its From says, under `sender_auth`."""
+        if self.sender_auth is None:
+            settings = self.settings
+            self.sender_auth = auth.authenticate(
+                # Only DKIM needs the raw bytes; loading them costs a copy of the whole mail.
+                policy=settings.sender_auth,
+                raw=self.inbound.raw if settings.sender_auth == "dkim" else b"",
+                message=self.mail.message,
+                sender=self.sender, trusted_authserv_ids=settings.trusted_authserv_id,
+                dnsfunc=auth.DKIM_DNSFUNC,
+            )
+            if not self.sender_auth.passed:
+                auth.log.warning("sender not authenticated", extra={
+                    "sender": self.sender, "inbound_id": self.inbound.id,
+                    "method": self.sender_auth.method, "detail": self.sender_auth.detail[:300],
+                })
+        return bool(self.sender_auth.passed)
 
     @property
     def may_auto_reply(self) -> bool:
@@ -79,3 +114,18 @@ class Outcome:
 
     name: str
     detail: str = ""
+
+
+@dataclass
+class Guess:
+    """What the stages will probably see, guessed before the write transaction so that
+    their pure text work can be done outside it (`Stage.predict`, parse/ahead.py)."""
+
+    mail: ParsedMail
+    rules: Rules
+    envelope_sender: str | None
+    sender: str
+    flow: str
+    reply: bool  # In-Reply-To/References or the case token: it will join a case
+    staff: bool
+    body: str = ""  # the text Redact will keep (Validate reads its fields)

@@ -282,7 +282,24 @@ class _ShardFilter(logging.Filter):
         return True
 
 
+class _Flag:
+    """A stop flag the SIGTERM handler may set. `threading.Event.set` takes a lock: a
+    signal arriving while this thread holds it (setting the same event after the parent's
+    socket closed, the moment the parent's death signal comes) deadlocked the child for
+    good (seen once in the crash test: a child left alive with no parent)."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
 def child_main() -> int:
+    # The pipeline's own imports register every table it writes (see Database).
     from mailbridge.db import Database
     from mailbridge.logs import setup_logging
     from mailbridge.memory import tune_malloc
@@ -299,11 +316,11 @@ def child_main() -> int:
         handler.addFilter(_ShardFilter(index))
     _die_with_parent(int(os.environ[_ENV_PARENT]))
 
-    stop = threading.Event()
+    stop = _Flag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads and tells us
     parent = int(os.environ[_ENV_PARENT])
-    parent_gone = threading.Event()
+    parent_gone = _Flag()
 
     def on_sigterm(*_: object) -> None:
         # systemd signals the whole group: drain like the parent does. The parent's

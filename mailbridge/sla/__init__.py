@@ -1,7 +1,7 @@
 """Service levels: business calendars, response clocks and escalation/closing rules."""
 
-from mailbridge.sla.calendars import BusinessCalendar, parse_hours_spec
-from mailbridge.sla.clocks import (
+from mailbridge.service_levels.calendars import BusinessCalendar, parse_hours_spec
+from mailbridge.service_levels.clocks import (
     PREMIUM_SLA,
     PROFESIONAL_SLA,
     SEED_PLANS,
@@ -13,7 +13,7 @@ from mailbridge.sla.clocks import (
     clock_state,
     response_due,
 )
-from mailbridge.sla.policy import (
+from mailbridge.service_levels.policy import (
     CaseView,
     ClosingRules,
     EscalationDecision,

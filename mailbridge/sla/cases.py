@@ -6,12 +6,12 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from mailbridge.rules import Rules, Tenant
-from mailbridge.sla.calendars import BusinessCalendar, require_aware
-from mailbridge.sla.clocks import (
+from mailbridge.service_levels.calendars import BusinessCalendar, require_aware
+from mailbridge.service_levels.clocks import (
     STATUS_LABELS_ES,
     ClockStatus,
     PlanSLA,
@@ -28,7 +28,7 @@ from mailbridge.tickets.models import (
     TicketMessage,
 )
 
-AT_RISK_FRACTION = 0.75
+AT_RISK_FRACTION = 0.75  # the default of rules.yaml desk.sla_warning_share
 
 _calendar_lock = threading.Lock()
 # (id of the rules object, tenant id) → (the rules object, its calendar). Holding the
@@ -82,7 +82,37 @@ def start_response_clock(
     due = response_due(received_at, ticket.severity, sla, calendar)
     ticket.response_started_at = started
     ticket.response_due_at = due
-    ticket.response_at_risk_at = at_risk_from(started, due, AT_RISK_FRACTION, calendar)
+    ticket.response_at_risk_at = at_risk_from(started, due, rules.desk.sla_warning_share,
+                                              calendar)
+    ticket.response_breached_at = None
+    ticket.response_paused_at = None
+
+
+def pause_response_clock(ticket: Ticket, now: datetime) -> None:
+    """The desk waits on the customer: a running response clock stops counting."""
+    if ticket.response_due_at is not None and ticket.first_response_at is None \
+            and ticket.response_paused_at is None:
+        ticket.response_paused_at = now
+
+
+def resume_response_clock(ticket: Ticket, rules: Rules, now: datetime) -> None:
+    """The wait is over: the clock goes on with the (business) time it had left."""
+    paused = ticket.response_paused_at
+    if paused is None:
+        return
+    ticket.response_paused_at = None
+    calendar = tenant_calendar(rules, rules.tenant(ticket.tenant_id))
+    for name in ("response_due_at", "response_at_risk_at"):
+        at = getattr(ticket, name)
+        if at is None:
+            continue
+        if calendar is None:
+            setattr(ticket, name, at + (now - paused))
+        elif at > paused:
+            left = calendar.business_time_between(paused, at)
+            setattr(ticket, name, calendar.add_business_time(calendar.next_opening(now), left))
+        else:  # already past when it paused: it stays past
+            setattr(ticket, name, now)
 
 
 def response_state(ticket: Ticket, now: datetime) -> ClockStatus | None:
@@ -94,6 +124,8 @@ def response_state(ticket: Ticket, now: datetime) -> ClockStatus | None:
     due = ticket.response_due_at
     if due is None:
         return None
+    if ticket.response_paused_at is not None and ticket.first_response_at is None:
+        return "en_pausa"
     if ticket.first_response_at is not None:
         return "cumplido" if ticket.first_response_at <= due else "vencido"
     now = require_aware(now, "now")
@@ -101,6 +133,26 @@ def response_state(ticket: Ticket, now: datetime) -> ClockStatus | None:
         return "vencido"
     at_risk = ticket.response_at_risk_at or due
     return "en_riesgo" if now >= at_risk else "a_tiempo"
+
+
+def clock_state_is(state: str, now: datetime) -> ColumnElement[bool]:
+    """SQL for "the response clock's state at `now` is `state`" (`response_state` in SQL),
+    for listing cases by SLA state."""
+    t = Ticket
+    running = and_(t.response_due_at.is_not(None), t.first_response_at.is_(None))
+    conditions: dict[str, ColumnElement[bool]] = {
+        "en_pausa": and_(running, t.response_paused_at.is_not(None)),
+        "vencido": or_(and_(running, t.response_paused_at.is_(None), t.response_due_at < now),
+                       t.first_response_at > t.response_due_at),
+        "en_riesgo": and_(running, t.response_paused_at.is_(None), t.response_due_at >= now,
+                          func.coalesce(t.response_at_risk_at, t.response_due_at) <= now),
+        "a_tiempo": and_(running, t.response_paused_at.is_(None),
+                         func.coalesce(t.response_at_risk_at, t.response_due_at) > now),
+        "cumplido": t.first_response_at <= t.response_due_at,
+    }
+    if state not in conditions:
+        raise ValueError(f"unknown SLA state {state!r} (known: {', '.join(conditions)})")
+    return conditions[state]
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
@@ -26,21 +25,20 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database
+from mailbridge.outbound.compose import Mail, compose
 from mailbridge.rules import Rules, Tenant
+from mailbridge.service_levels.policy import auto_close_at, format_when_es
 from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
 from mailbridge.sla.escalation import claim_action, next_seq
-from mailbridge.sla.mailing import queue_case_mail
-from mailbridge.sla.policy import auto_close_at, format_when_es
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
+    STATUS_INCOMPLETE,
     STATUS_RESOLVED,
+    STATUS_WAITING,
     CaseAction,
     Ticket,
     TicketEvent,
 )
-
-if TYPE_CHECKING:
-    from mailbridge.pipeline.context import MailContext, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -95,75 +93,51 @@ def send_attempt(
     closes_at = max((first_pending_at or now) + rules.closing.period,
                     now + _interval(rules) * remaining)
     to, cc = _customer_addresses(rules, ticket)
-    queue_case_mail(
-        session, rules, ticket, template=template, kind=kind, to=to, cc=cc, now=now,
-        context={"number": number, "attempts": rules.closing.attempts,
+    compose(session, rules, Mail(
+        kind=kind, template=template, to=to, cc=cc, ticket=ticket,
+        context={"now": now, "number": number, "attempts": rules.closing.attempts,
                  "final": number >= rules.closing.attempts,
                  "closes_at_es": format_when_es(closes_at, tenant.zone if tenant else UTC_ZONE),
                  "period_days": round(rules.closing.period / timedelta(days=1))},
-    )
+    ), now=now)
     session.add(TicketEvent(ticket_id=ticket.id, kind="closing_attempt", at=now,
                             data={"number": number, "seq": action.seq}))
     return action
 
 
-def request_confirmation(ctx: MailContext, ticket: Ticket) -> None:
-    """Staff set «resuelto»: ask the customer to confirm (closing attempt 1)."""
-    seq = next_seq(ctx.session, ticket.id, ACTION_CLOSING_ATTEMPT)
-    ticket.resolved_at = ctx.now
-    send_attempt(ctx.session, ctx.rules, ticket, now=ctx.now, number=1, seq=seq,
-                 first_pending_at=ctx.now, template="closing_request.txt.j2",
-                 kind="closing_request")
-
-
 def close_case(
     session: Session, rules: Rules, ticket: Ticket, *, now: datetime, reason: str,
-    by: str | None = None,
+    by: str | None = None, from_statuses: tuple[str, ...] = (STATUS_RESOLVED,),
 ) -> bool:
-    """Close a resolved case once (the UPDATE's WHERE is the guard), with the closing mail.
+    """Close a case once (the UPDATE's WHERE is the guard), with the closing mail.
 
-    `reason` is "confirmed" (the customer said so) or "no_answer" (seed 003's attempts).
+    `reason`: "confirmed" (the customer confirmed the resolution), "asked" (the customer
+    asked to close a case still open), "no_answer" (seed 003's attempts on a resolved
+    case), "no_answer_waiting" (the customer never answered what the desk waited for).
     """
     closed = session.execute(
         update(Ticket)
-        .where(Ticket.id == ticket.id, Ticket.status == STATUS_RESOLVED)
-        .values(status=STATUS_CLOSED, closed_at=now, updated_at=now)
+        .where(Ticket.id == ticket.id, Ticket.status.in_(from_statuses))
+        .values(status=STATUS_CLOSED, closed_at=now, updated_at=now, waiting_since=None,
+                response_paused_at=None)
         .execution_options(synchronize_session=False)
     )
     if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False
     session.refresh(ticket)
-    attempts = len(_attempts(session, ticket))
+    attempts = len(_attempts(session, ticket)) if reason != "no_answer_waiting" else \
+        rules.closing.attempts
     to, cc = _customer_addresses(rules, ticket)
-    queue_case_mail(
-        session, rules, ticket, template="closing_closed.txt.j2", kind="closing", to=to, cc=cc,
-        now=now, context={"reason": reason, "attempts": attempts,
-                          "period_days": round(rules.closing.period / timedelta(days=1))},
-    )
+    compose(session, rules, Mail(
+        kind="closing", template="closing_closed.txt.j2", to=to, cc=cc, ticket=ticket,
+        context={"now": now, "reason": reason, "attempts": attempts,
+                 "period_days": round(rules.closing.period / timedelta(days=1))},
+    ), now=now)
     session.add(TicketEvent(ticket_id=ticket.id, kind="closed", at=now,
                             data={"reason": reason, "by": by, "attempts": attempts}))
     metrics.CASES_CLOSED.labels(reason=reason).inc()
     log.info("case closed", extra={"case": ticket.number, "reason": reason})
     return True
-
-
-def customer_answered(ctx: MailContext, ticket: Ticket) -> Outcome | None:
-    """A customer wrote on a resolved case: a confirmation closes it, anything else resets.
-
-    Returns an Outcome when the case was closed (the mail's trip ends there).
-    """
-    from mailbridge.pipeline.context import Outcome
-
-    if ctx.rules.closing.confirms(ctx.body):
-        ticket.updated_at = ctx.now
-        ctx.session.flush()
-        if close_case(ctx.session, ctx.rules, ticket, now=ctx.now, reason="confirmed",
-                      by=ctx.sender):
-            return Outcome("reply:closed-by-customer", f"case {ticket.number}")
-        return None
-    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="closing_reset", at=ctx.now,
-                                data={"by": ctx.sender}))
-    return None
 
 
 def next_attempt_due(
@@ -176,6 +150,69 @@ def next_attempt_due(
     due = base + _interval(rules)
     calendar = tenant_calendar(rules, tenant)
     return calendar.next_opening(due) if calendar is not None else due
+
+
+ACTION_CHASE_ATTEMPT = "chase_attempt"
+WAITING_STATUSES = (STATUS_INCOMPLETE, STATUS_WAITING)
+
+
+def sweep_chase(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:
+    """Chase the customers the desk waits on (an `incompleto` case's missing fields, or a
+    case staff set to `esperando_cliente`): seed 003's attempts over the closing period,
+    the first being the mail that asked (the acknowledgement, or the staff's answer);
+    then the case closes with a last mail. An answer ends the wait (pipeline). Returns
+    (attempts sent, cases closed)."""
+    with db.reader() as session:
+        ids = session.scalars(
+            select(Ticket.id).where(Ticket.status.in_(WAITING_STATUSES),
+                                    Ticket.waiting_since.is_not(None),
+                                    Ticket.waiting_since <= now - _interval(rules))
+        ).all()
+    sent = closed = 0
+    for ticket_id in ids:
+        with db.transaction() as session:
+            ticket = session.get(Ticket, ticket_id)
+            if ticket is None or ticket.status not in WAITING_STATUSES \
+                    or ticket.waiting_since is None:
+                continue
+            since = ticket.waiting_since
+            made = sorted(a.at for a in session.scalars(
+                select(CaseAction).where(CaseAction.ticket_id == ticket.id,
+                                         CaseAction.kind == ACTION_CHASE_ATTEMPT,
+                                         CaseAction.at >= since)) if a.at <= now)
+            pending = [since, *made]  # the mail that asked is the first contact
+            close_at = closes_at(pending, rules)
+            if close_at is not None:
+                if now >= close_at and close_case(
+                        session, rules, ticket, now=now, reason="no_answer_waiting",
+                        from_statuses=WAITING_STATUSES):
+                    closed += 1
+                continue
+            due = next_attempt_due(pending, since, rules, rules.tenant(ticket.tenant_id))
+            if now < due:
+                continue
+            seq = next_seq(session, ticket.id, ACTION_CHASE_ATTEMPT)
+            number = len(pending) + 1
+            if claim_action(session, ticket.id, ACTION_CHASE_ATTEMPT, seq, now,
+                            {"number": number}) is None:
+                continue
+            tenant = rules.tenant(ticket.tenant_id)
+            remaining = max(rules.closing.attempts - number + 1, 1)
+            closing = max(since + rules.closing.period, now + _interval(rules) * remaining)
+            to, cc = _customer_addresses(rules, ticket)
+            compose(session, rules, Mail(
+                kind="chase_attempt", template="chase_attempt.txt.j2", to=to, cc=cc,
+                ticket=ticket,
+                context={"now": now, "number": number, "attempts": rules.closing.attempts,
+                         "final": number >= rules.closing.attempts,
+                         "missing": [rules.template.label(k) for k in ticket.missing_fields],
+                         "closes_at_es": format_when_es(
+                             closing, tenant.zone if tenant else UTC_ZONE)},
+            ), now=now)
+            session.add(TicketEvent(ticket_id=ticket.id, kind="chase_attempt", at=now,
+                                    data={"number": number, "seq": seq}))
+            sent += 1
+    return sent, closed
 
 
 def sweep_closing(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:

@@ -21,18 +21,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbridge import metrics
+from mailbridge.outbound.compose import Mail, compose
 from mailbridge.parse.fieldvalues import fold
 from mailbridge.rules import Rules, Tenant
-from mailbridge.sla.calendars import BusinessCalendar
-from mailbridge.sla.cases import last_desk_update, tenant_calendar
-from mailbridge.sla.config import EscalationConfig
-from mailbridge.sla.mailing import queue_case_mail
-from mailbridge.sla.policy import (
+from mailbridge.service_levels.calendars import BusinessCalendar
+from mailbridge.service_levels.config import EscalationConfig
+from mailbridge.service_levels.policy import (
     CaseView,
     EscalationDecision,
     escalation_decision,
     format_when_es,
 )
+from mailbridge.sla.cases import last_desk_update, tenant_calendar
 from mailbridge.tickets.models import (
     STATUS_IN_PROGRESS,
     STATUS_INCOMPLETE,
@@ -202,20 +202,19 @@ def escalate(
         return None
     values = template_values(rules, ticket, tenant)
     zone = case_calendar(rules, tenant).zone
-    queue_case_mail(
-        session, rules, ticket,
-        template="escalation_executive.txt.j2", kind="escalation", to=[to],
+    compose(session, rules, Mail(
+        kind="escalation", template="escalation_executive.txt.j2", to=[to], ticket=ticket,
         subject=f"{values['cliente']} – [{rules.desk.case_token} {ticket.number}] – "
                 f"{brief_statement(rules, ticket)}",
-        context={"values": values, "decision": decision, "level": level,
+        case_token=False,  # the seed-000 subject places the token itself
+        context={"now": now, "values": values, "decision": decision, "level": level,
                  "level_label": rules.escalation.label(level), "trigger": trigger,
                  "seq": seq, "tenant": tenant, "requested_by": requested_by,
                  "previous": history.without_traction,
                  "opened_es": format_when_es(ticket.created_at, zone),
                  "updated_es": ("sin actualizaciones" if last_update == ticket.created_at
                                 else format_when_es(last_update, zone))},
-        now=now,
-    )
+    ), now=now)
     session.add(TicketEvent(ticket_id=ticket.id, kind="escalated", at=now, data={
         "seq": seq, "level": level, "to": to, "trigger": trigger,
         "reason": decision.reason_es, "requested_by": requested_by,

@@ -26,9 +26,9 @@ from mailbridge import metrics
 from mailbridge.db import Database
 from mailbridge.outbound.outbox import OutboxMail
 from mailbridge.rules import Rules
-from mailbridge.sla.calendars import require_aware
-from mailbridge.sla.closing import sweep_closing
-from mailbridge.sla.config import EscalationConfig
+from mailbridge.service_levels.calendars import require_aware
+from mailbridge.service_levels.config import EscalationConfig
+from mailbridge.sla.closing import sweep_chase, sweep_closing
 from mailbridge.sla.escalation import (
     ACTION_ESCALATION,
     ESCALATABLE_STATUSES,
@@ -36,6 +36,7 @@ from mailbridge.sla.escalation import (
     escalate,
     next_seq,
 )
+from mailbridge.sla.warnings import warn_responses
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_RESOLVED,
@@ -47,7 +48,7 @@ from mailbridge.tickets.models import (
 
 log = logging.getLogger(__name__)
 
-SWEEP_KINDS = ("acks", "response", "escalation", "closing", "vendors")
+SWEEP_KINDS = ("acks", "response", "warnings", "escalation", "closing", "chase", "vendors")
 _ACTIVE = ~Ticket.status.in_((STATUS_RESOLVED, STATUS_CLOSED))
 # Cases read per query, and changed per write transaction: a sweep after a long outage
 # (thousands due) never holds SQLite's write lock for long at a stretch.
@@ -62,7 +63,8 @@ class SweepResult:
     @property
     def mails(self) -> bool:
         """Whether the sweep queued outbound mail (the sender should wake up)."""
-        queued = ("escalated", "attempts", "closed", "vendor_reminders")
+        queued = ("escalated", "attempts", "closed", "vendor_reminders", "at_risk",
+                  "breach_told", "chased", "chase_closed")
         return any(self.done.get(k) for k in queued)
 
 
@@ -156,7 +158,7 @@ def watch_responses(db: Database, now: datetime, chunk: int = CHUNK) -> int:
         Ticket.response_breached_at.is_(None),
         or_(
             and_(Ticket.first_response_at.is_(None), Ticket.response_due_at < now,
-                 Ticket.status != STATUS_CLOSED),
+                 Ticket.status != STATUS_CLOSED, Ticket.response_paused_at.is_(None)),
             Ticket.first_response_at > Ticket.response_due_at,
         ),
     )
@@ -174,7 +176,8 @@ def watch_responses(db: Database, now: datetime, chunk: int = CHUNK) -> int:
         (Ticket.number, Ticket.severity, Ticket.response_due_at, Ticket.first_response_at),
         chunk, record,
     )
-    waiting = and_(_ACTIVE, Ticket.first_response_at.is_(None))
+    waiting = and_(_ACTIVE, Ticket.first_response_at.is_(None),
+                   Ticket.response_paused_at.is_(None))
     with db.reader() as session:
         metrics.SLA_BREACHED_OPEN.set(session.scalar(
             select(func.count(Ticket.id)).where(waiting, Ticket.response_due_at < now)
@@ -287,8 +290,12 @@ def run_sweep(kind: str, db: Database, rules: Rules, now: datetime) -> SweepResu
             result.done["breached"] = watch_responses(db, now)
         elif kind == "escalation":
             result.done["escalated"] = sweep_due_escalations(db, rules, now)
+        elif kind == "warnings":
+            result.done["at_risk"], result.done["breach_told"] = warn_responses(db, rules, now)
         elif kind == "closing":
             result.done["attempts"], result.done["closed"] = sweep_closing(db, rules, now)
+        elif kind == "chase":
+            result.done["chased"], result.done["chase_closed"] = sweep_chase(db, rules, now)
         elif kind == "vendors":
             from mailbridge.escalation.reminders import remind_overdue_vendors
 
@@ -305,5 +312,5 @@ def run_sweep(kind: str, db: Database, rules: Rules, now: datetime) -> SweepResu
 
 
 def sweep_all(db: Database, rules: Rules, now: datetime) -> dict[str, SweepResult]:
-    """Every sweep once, in a fixed order (tests and `mailbridge sla sweep`)."""
+    """Every sweep once, in a fixed order (`mailbridge sweep --now`, tests)."""
     return {kind: run_sweep(kind, db, rules, now) for kind in SWEEP_KINDS}

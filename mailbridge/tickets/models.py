@@ -26,7 +26,9 @@ STATUS_INCOMPLETE = "incompleto"
 STATUS_IN_PROGRESS = "en_progreso"
 STATUS_RESOLVED = "resuelto"
 STATUS_CLOSED = "cerrado"
-OPEN_STATUSES = (STATUS_OPEN, STATUS_INCOMPLETE, STATUS_IN_PROGRESS, STATUS_RESOLVED)
+STATUS_WAITING = "esperando_cliente"  # staff wait on the customer: the response clock pauses
+OPEN_STATUSES = (STATUS_OPEN, STATUS_INCOMPLETE, STATUS_IN_PROGRESS, STATUS_RESOLVED,
+                 STATUS_WAITING)
 
 
 class Counter(Base):
@@ -53,7 +55,10 @@ class Ticket(Base):
     subject_key: Mapped[str] = mapped_column(String(255), default="")
     sender: Mapped[str] = mapped_column(String(320), index=True)
     sender_name: Mapped[str | None] = mapped_column(String(320))
+    # People copied who receive the case's mail (the tenant's own, staff, or added by staff)…
     cc: Mapped[list[Any]] = mapped_column(default=list)
+    # … and people copied who are only recorded: no automatic mail until staff add them.
+    cc_held: Mapped[list[Any] | None] = mapped_column()
     fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
     fields_raw: Mapped[dict[str, Any]] = mapped_column(default=dict)
     missing_fields: Mapped[list[Any]] = mapped_column(default=list)
@@ -74,6 +79,14 @@ class Ticket(Base):
     ack_late_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When staff last set «resuelto»: the closing attempts count from here.
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The staff member who owns the case (seed 000: "propietario del caso"): the first who
+    # answers, or whom «#asignar» names. Follow-ups and warnings go to them, else the queue.
+    owner: Mapped[str | None] = mapped_column(String(320), index=True)
+    # Since when the desk waits on the customer (incompleto, esperando_cliente): they are
+    # chased from here (rules.yaml `closing`), and an answer ends the wait.
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # While staff wait on the customer (esperando_cliente) the response clock is paused.
+    response_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     messages: Mapped[list[TicketMessage]] = relationship(
         back_populates="ticket", order_by="TicketMessage.id", cascade="all, delete-orphan"

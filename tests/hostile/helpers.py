@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.rules import quiet_desk_text
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -114,7 +116,7 @@ def vm_rss_kib(pid: int) -> int:
 
 def hostile_rules(directory: Path) -> Path:
     """The demo rules with a rate limit that lets hundreds of acks go to one contact."""
-    text = (REPO / "rules.yaml").read_text(encoding="utf-8")
+    text = quiet_desk_text()
     assert "\ndesk:\n" in text
     from mailbridge.rules import Desk
 

@@ -132,9 +132,9 @@ def run_harness(make_daemon, tmp_path, imap: DovecotServer | None,  # type: igno
         # Outbound mail the sink holds but the database still calls pending: the kill
         # fell between the relay's 250 and our commit; it will be sent again.
         at_sink = {r.message["Message-ID"] for r in sink.received}
-        marker = daemon.data_dir / "run" / "outbox-accepted"
-        remembered = set(marker.read_bytes().rstrip(b"\0").decode().split()
-                         if marker.exists() else [])
+        # SQLite: one marker; PostgreSQL: one per worker process (outbox-accepted.HOST.PID).
+        remembered = {mid for marker in (daemon.data_dir / "run").glob("outbox-accepted*")
+                      for mid in marker.read_bytes().rstrip(b"\0").decode().split()}
         not_sent = {mid for (mid,) in
                     daemon.query("SELECT message_id FROM outbox WHERE state = 'pending'")}
         unrecorded = {mid for mid in not_sent if mid in at_sink and mid not in remembered}

@@ -145,3 +145,18 @@ def test_redaction_never_raises(text: str) -> None:
 
 def test_non_string_input() -> None:
     assert redact_secrets(None) == ("", [])  # type: ignore[arg-type]
+
+
+def test_a_password_after_another_label_on_the_same_line_is_found() -> None:
+    """A label followed by a description or another label used to hide the password that
+    came after it on the same line (the whole line was taken as one match)."""
+    for text, kept in [
+        ("Mi contraseña: la nueva contraseña es Abc123!", "Mi contraseña: la nueva contraseña es"),
+        ("la clave es contraseña: Hunter2!x", "la clave es contraseña:"),
+        ("contraseña: Abc123! y pin: 4321", "contraseña:"),
+    ]:
+        redacted, kinds = redact_secrets(text)
+        assert kinds == ["contraseña"]
+        assert "Abc123!" not in redacted and "Hunter2!x" not in redacted and "4321" not in redacted
+        assert redacted.startswith(kept)
+    assert redact_secrets("la contraseña es incorrecta") == ("la contraseña es incorrecta", [])

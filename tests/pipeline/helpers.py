@@ -10,7 +10,8 @@ from mailbridge.pipeline import Pipeline, ProcessResult
 from mailbridge.rules import Rules, parse_rules
 from mailbridge.settings import Settings
 from mailbridge.spool import new_inbound, store_inbound
-from mailbridge.tickets.service import get_ticket, ticket_json
+from mailbridge.views import get_ticket, ticket_json
+from tests.support.rules import quiet_desk_text
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = REPO / "tests" / "messages"
@@ -56,7 +57,7 @@ FIXTURE_TENANTS = """
 
 
 def fixture_rules() -> Rules:
-    text = (REPO / "rules.yaml").read_text(encoding="utf-8")
+    text = quiet_desk_text()
     text = text.replace(
         "contacts: [ana@compensar.example, luis@compensar.example]",
         "contacts: [ana@compensar.example, luis@compensar.example, paula.rios@compensar.example]",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import mailbridge.parse.secrets as secrets_module
 from mailbridge.parse.ahead import Ahead, ahead
 from mailbridge.parse.mime import parse_mail
-from mailbridge.pipeline import Pipeline, work_ahead
+from mailbridge.pipeline import Pipeline
+from mailbridge.pipeline.runner import guess_for
+from mailbridge.pipeline.stages import work_ahead
 from mailbridge.spool import new_inbound, store_inbound
 from tests.support.daemon import opening_mail
 
@@ -92,7 +94,7 @@ def test_a_wrong_prediction_changes_nothing(rules) -> None:
     """A mail predicted as an opening that is not one: the stage computes as before."""
     mail = parse_mail(opening_mail().as_bytes())
     work = Ahead()
-    work_ahead(work, mail, "ana@compensar.example", "smtp", rules)
+    work_ahead(work, guess_for(mail, "ana@compensar.example", "smtp", rules))
     assert len(work.store) == 4  # classify, encryption, redaction, fields
     with work.active():
         text, kinds = secrets_module.redact_secrets("otro texto, sin secretos")

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import event, select, update
 
 from mailbridge.db import Database, utcnow
-from mailbridge.pipeline.apply import insert_case
+from mailbridge.pipeline.cases import insert_case
 from mailbridge.tickets.models import STATUS_CLOSED, STATUS_IN_PROGRESS, Ticket
 from tests.pipeline.helpers import case, deliver
 from tests.support.daemon import opening_mail
@@ -38,8 +38,11 @@ def test_opening_inserts_its_case_once_and_reads_no_case_row(db, settings, rules
     assert result.outcome == "ticket"
     assert sum(s.startswith("INSERT INTO tickets ") for s in seen) == 1
     case_reads = [s for s in seen if s.startswith("SELECT") and " FROM tickets" in s]
-    # Only the look-alike question, one column: no whole row, no reload after the insert.
-    assert case_reads and all(s.startswith("SELECT tickets.id FROM tickets") for s in case_reads)
+    # Only the look-alike questions (the id; the open subjects for a close one): no whole
+    # row, no reload after the insert.
+    assert case_reads and all(s.startswith(("SELECT tickets.id FROM tickets",
+                                            "SELECT tickets.id, tickets.subject_key FROM"))
+                              for s in case_reads)
     assert not any(s.startswith("UPDATE tickets") for s in seen)
     opened = case(db, result.ticket_number)  # type: ignore[arg-type]
     assert opened["status"] == "abierto" and opened["tenant_id"] == "TEN-1001"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.support.daemon import REPO, free_port, opening_mail
+from tests.support.daemon import free_port, opening_mail
+from tests.support.rules import quiet_desk_text
 
 
 def _desk_rules(tmp: Path, me: str, other: str) -> Path:
-    text = (REPO / "rules.yaml").read_text(encoding="utf-8")
+    text = quiet_desk_text()
     text = text.replace("mesa.example", f"{me}.example")
     # The other desk's own address is a registered contact here.
     text = text.replace("contacts: [ana@compensar.example, luis@compensar.example]",

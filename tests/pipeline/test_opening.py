@@ -9,6 +9,7 @@ import hashlib
 import pytest
 
 from tests.pipeline.helpers import MESSAGES, case, deliver, fixture_rules, outbox_raw
+from tests.support.rules import quiet_desk_text
 
 OPENING = MESSAGES / "opening"
 
@@ -179,9 +180,8 @@ def test_signed_only_mail_opens_a_case(db, settings, rules, fixture) -> None:
 
 def test_a_new_field_in_rules_is_extracted_without_code(db, settings) -> None:
     from mailbridge.rules import parse_rules
-    from tests.pipeline.helpers import REPO
 
-    text = (REPO / "rules.yaml").read_text(encoding="utf-8").replace(
+    text = quiet_desk_text().replace(
         "template:\n  fields:\n",
         "template:\n  fields:\n    - key: numero_contrato\n      label: Número de contrato\n"
         "      synonyms: [Contrato]\n      required: false\n",

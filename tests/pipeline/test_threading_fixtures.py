@@ -10,6 +10,7 @@ from mailbridge.parse.quotes import strip_quotes
 from mailbridge.tickets.models import Counter
 from tests.pipeline.helpers import MESSAGES, case, deliver
 from tests.support.daemon import opening_mail
+from tests.support.rules import quiet_desk_text
 
 REPLIES = sorted((MESSAGES / "replies").glob("*.eml"))
 
@@ -17,9 +18,9 @@ REPLIES = sorted((MESSAGES / "replies").glob("*.eml"))
 @pytest.fixture
 def rules():  # type: ignore[no-untyped-def]
     from mailbridge.rules import parse_rules
-    from tests.pipeline.helpers import FIXTURE_TENANTS, REPO
+    from tests.pipeline.helpers import FIXTURE_TENANTS
 
-    yaml = (REPO / "rules.yaml").read_text(encoding="utf-8").rstrip("\n") + "\n" + FIXTURE_TENANTS
+    yaml = quiet_desk_text().rstrip("\n") + "\n" + FIXTURE_TENANTS
     yaml += (
         "  - id: TEN-9009\n    name: Cliente Ejemplo\n    plan: premium\n    timezone: Europe/Madrid\n"
         "    country: ES\n    contacts: [marta.soler@cliente-ejemplo.es, jorge.ruiz@cliente-ejemplo.es]\n"

@@ -22,8 +22,9 @@ from mailbridge.pipeline import Pipeline, ProcessResult
 from mailbridge.rules import Rules, parse_rules
 from mailbridge.settings import Settings
 from mailbridge.spool import new_inbound, store_inbound
-from mailbridge.tickets.service import get_ticket, ticket_json
+from mailbridge.views import get_ticket, ticket_json
 from tests.support.daemon import COMPLETE_BODY
+from tests.support.rules import quiet_desk_text
 
 REPO = Path(__file__).resolve().parents[2]
 BOGOTA = ZoneInfo("America/Bogota")
@@ -51,7 +52,7 @@ SLA_TENANTS = """\
 
 def sla_rules(text: str | None = None) -> Rules:
     """The demo rules.yaml with the SLA test tenants added."""
-    text = text if text is not None else (REPO / "rules.yaml").read_text(encoding="utf-8")
+    text = text if text is not None else quiet_desk_text()
     assert text.count("\ntenants:\n") == 1
     return parse_rules(text.replace("\ntenants:\n", "\ntenants:\n" + SLA_TENANTS))
 
@@ -84,8 +85,8 @@ class FakeClock:
 
 @contextmanager
 def pipeline_clock(at: datetime) -> Iterator[None]:
-    """The pipeline reads its `now` from mailbridge.pipeline.utcnow: fake it."""
-    with mock.patch("mailbridge.pipeline.utcnow", return_value=at):
+    """The pipeline reads its `now` from mailbridge.pipeline.runner.utcnow: fake it."""
+    with mock.patch("mailbridge.pipeline.runner.utcnow", return_value=at):
         yield
 
 

@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailbridge.sla.calendars import BusinessCalendar, parse_hours_spec, resolve_wall_time
+from mailbridge.service_levels.calendars import (
+    BusinessCalendar,
+    parse_hours_spec,
+    resolve_wall_time,
+)
 
 BOGOTA = ZoneInfo("America/Bogota")
 MADRID = ZoneInfo("Europe/Madrid")

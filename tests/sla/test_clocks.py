@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mailbridge.sla.calendars import BusinessCalendar
-from mailbridge.sla.clocks import (
+from mailbridge.service_levels.calendars import BusinessCalendar
+from mailbridge.service_levels.clocks import (
     PREMIUM_SLA,
     PROFESIONAL_SLA,
     SEED_PLANS,
@@ -162,6 +162,7 @@ def test_status_labels_are_spanish() -> None:
         "en_riesgo": "En riesgo",
         "vencido": "Vencido",
         "cumplido": "Cumplido",
+        "en_pausa": "En pausa (esperando al cliente)",
     }
 
 

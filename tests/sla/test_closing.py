@@ -120,9 +120,11 @@ def test_office_hours_attempts_wait_for_the_desk_through_weekend_and_holy_week(
     ]
 
 
-def test_a_customer_answer_that_is_not_a_confirmation_starts_the_count_again(
+def test_a_customer_answer_that_is_not_a_confirmation_reopens_the_case(
     db, settings, rules
 ) -> None:
+    """Seed 003, issue 17: "No, todavía sigue fallando" on a resolved case reopens it (it
+    used to stay resuelto and its 10-day count started again, so live incidents closed)."""
     resolved = utc(2026, 3, 16, 17)
     deliver_at(db, settings, rules, opening(), resolved - timedelta(hours=3))
     _resolve(db, settings, rules, resolved)
@@ -134,16 +136,17 @@ def test_a_customer_answer_that_is_not_a_confirmation_starts_the_count_again(
                               body="No, todavía no está resuelto: siguen rebotando."),
                         answered, rcpt="soporte+1@mesa.example")
     assert result.outcome.startswith("reply")
-    assert case(db, 1)["status"] == "resuelto"
-    assert len(events(db, 1, "closing_reset")) == 1
-    # The old schedule (attempt 3 due at 2 steps) is gone …
-    assert _closing(db, rules, resolved + 2 * step) == {"attempts": 0, "closed": 0}
-    # … a new count of three runs from the answer, and closes ten days after its first.
-    for n in (1, 2, 3):
-        assert _closing(db, rules, answered + n * step) == {"attempts": 1, "closed": 0}
-    assert _closing(db, rules, answered + 4 * step - timedelta(minutes=1))["closed"] == 0
-    assert _closing(db, rules, answered + 4 * step) == {"attempts": 0, "closed": 1}
-    assert [e["data"]["number"] for e in events(db, 1, "closing_attempt")] == [1, 2, 1, 2, 3]
+    shown = case(db, 1)
+    assert shown["status"] == "abierto"
+    assert [e["data"]["by"] for e in events(db, 1, "reopened")] == ["ana@compensar.example"]
+    # The desk owes a response again: a new clock from the answer, not yet answered.
+    assert shown["sla"]["first_response_at"] is None
+    assert shown["sla"]["response_started_at"] >= answered.isoformat()[:16]
+    # No closing count runs on an open case, however long it waits.
+    for n in (1, 2, 3, 4):
+        assert _closing(db, rules, answered + n * step) == {"attempts": 0, "closed": 0}
+    assert case(db, 1)["status"] == "abierto"
+    assert [e["data"]["number"] for e in events(db, 1, "closing_attempt")] == [1, 2]
 
 
 def test_staff_reopening_stops_the_closing(db, settings, rules) -> None:

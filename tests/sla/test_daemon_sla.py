@@ -11,8 +11,8 @@ from tests.sla.helpers import rewind_stored_jobs
 from tests.support.daemon import opening_mail
 from tests.support.sink import SmtpSink
 
-SWEEP_JOBS = ["sla-sweep:acks", "sla-sweep:closing", "sla-sweep:escalation", "sla-sweep:response",
-              "sla-sweep:vendors"]
+SWEEP_JOBS = ["sla-sweep:acks", "sla-sweep:chase", "sla-sweep:closing", "sla-sweep:escalation",
+              "sla-sweep:response", "sla-sweep:vendors", "sla-sweep:warnings"]
 
 
 def _age_case(daemon, hours: float) -> None:  # type: ignore[no-untyped-def]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mailbridge.sla.calendars import BusinessCalendar
-from mailbridge.sla.policy import (
+from mailbridge.service_levels.calendars import BusinessCalendar
+from mailbridge.service_levels.policy import (
     CaseView,
     ClosingRules,
     EscalationRules,

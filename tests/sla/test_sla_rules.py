@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 
 from mailbridge.rules import RulesError, load_rules, parse_rules
-from mailbridge.sla.clocks import PREMIUM_SLA, PROFESIONAL_SLA
+from mailbridge.service_levels.clocks import PREMIUM_SLA, PROFESIONAL_SLA
 from tests.sla.helpers import REPO, sla_rules
 
 DEMO = (REPO / "rules.yaml").read_text(encoding="utf-8")

@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.rules import DEMO_RULES, write_quiet_desk
 
 
 def free_port() -> int:
@@ -28,14 +28,18 @@ def free_port() -> int:
 class Daemon:
     """One mailbridge instance with its own data dir and database."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, *,
+                 desk_notices: bool = False) -> None:
+        """`desk_notices`: the demo rules as shipped, whose queues' people hear of every
+        case; by default the quiet desk (tests/support/rules.py)."""
         self.data_dir = data_dir
         # The developer's own MAILBRIDGE_* settings must not leak into a test.
         base = {k: v for k, v in os.environ.items() if not k.startswith("MAILBRIDGE_")}
         self.env = {
             **base,
             "MAILBRIDGE_DATA_DIR": str(data_dir),
-            "MAILBRIDGE_RULES": str(REPO / "rules.yaml"),
+            "MAILBRIDGE_RULES": str(DEMO_RULES if desk_notices
+                                    else write_quiet_desk(data_dir.parent / f"{data_dir.name}-rules")),
             "MAILBRIDGE_SMTP_LISTEN": "127.0.0.1:0",
             "MAILBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
             "MAILBRIDGE_WORKER_POLL_INTERVAL": "0.5",

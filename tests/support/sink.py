@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass
@@ -28,6 +30,28 @@ class Received:
 class _Handler:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What a test wants the relay to answer: 550 to these recipients, 421 to every MAIL
+    # until this monotonic instant, the MAIL commands it saw (with their options).
+    refuse: set[str] = field(default_factory=set)
+    busy_until: float = 0.0
+    mail_commands: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        with self.lock:
+            self.mail_commands.append((address, list(mail_options)))
+        if time.monotonic() < self.busy_until:
+            return "421 4.3.2 sink.example busy, come back later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address.lower() in self.refuse:
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -37,15 +61,34 @@ class _Handler:
 
 
 class SmtpSink:
-    """Listens on 127.0.0.1 (port 0 = the OS picks) in its own thread."""
+    """Listens on 127.0.0.1 (port 0 = the OS picks) in its own thread.
 
-    def __init__(self, port: int = 0) -> None:
+    `smtputf8`: offers SMTPUTF8 (RFC 6531); `starttls`: an SSL context to offer STARTTLS
+    with; `implicit_tls`: an SSL context for TLS from the first byte (port 465 style);
+    `auth`: {user: password} it accepts (AUTH PLAIN/LOGIN, only over TLS).
+    """
+
+    def __init__(self, port: int = 0, *, smtputf8: bool = False,
+                 starttls: ssl.SSLContext | None = None,
+                 implicit_tls: ssl.SSLContext | None = None,
+                 auth: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.requested_port = port
         self.port = 0
         self.handler = _Handler()
+        self.smtputf8 = smtputf8
+        self.starttls = starttls
+        self.implicit_tls = implicit_tls
+        self.auth = auth
+        self.logins: list[tuple[str, bool]] = []  # (user, over TLS) of every AUTH tried
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def mail_commands(self) -> list[tuple[str, list[str]]]:
+        with self.handler.lock:
+            return list(self.handler.mail_commands)
 
     @property
     def received(self) -> list[Received]:
@@ -61,9 +104,10 @@ class SmtpSink:
             asyncio.set_event_loop(loop)
             self._server = loop.run_until_complete(
                 loop.create_server(
-                    lambda: SMTP(self.handler, hostname="sink.example"),
-                    host="127.0.0.1",
+                    self._protocol,
+                    host=self.host,
                     port=self.requested_port,
+                    ssl=self.implicit_tls,
                 )
             )
             self.port = self._server.sockets[0].getsockname()[1]
@@ -78,6 +122,24 @@ class SmtpSink:
         if not ready.wait(10):
             raise RuntimeError("SMTP sink did not start")
         return self
+
+    def _protocol(self) -> SMTP:
+        options: dict[str, Any] = {"hostname": "sink.example",
+                                   "enable_SMTPUTF8": self.smtputf8}
+        if self.starttls is not None:
+            options["tls_context"] = self.starttls
+        if self.auth is not None:
+            options["authenticator"] = self._authenticate
+            options["auth_require_tls"] = True
+        return SMTP(self.handler, **options)
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                      mechanism: str, auth_data: Any) -> AuthResult:
+        user = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else ""
+        password = auth_data.password.decode() if isinstance(auth_data, LoginPassword) else ""
+        self.logins.append((user, session.ssl is not None))
+        ok = self.auth is not None and self.auth.get(user) == password
+        return AuthResult(success=ok, handled=False)
 
     def stop(self) -> None:
         if self._loop is not None:

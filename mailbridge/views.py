@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 from mailbridge.db import utcnow
 from mailbridge.escalation.vendors import reference_json
 from mailbridge.outbound.outbox import OutboxMail
-from mailbridge.sla.cases import sla_json
+from mailbridge.sla.cases import clock_state_is, response_state, sla_json
 from mailbridge.tickets.models import Ticket, VendorReference
 
 
@@ -29,6 +29,9 @@ def ticket_summary(ticket: Ticket) -> dict[str, Any]:
         "sender": ticket.sender,
         "created_at": _iso(ticket.created_at),
         "updated_at": _iso(ticket.updated_at),
+        "queue": ticket.queue,
+        "owner": ticket.owner,
+        "sla_state": response_state(ticket, utcnow()),
     }
 
 
@@ -39,9 +42,10 @@ def ticket_json(session: Session, ticket: Ticket) -> dict[str, Any]:
     ).all()
     return {
         **ticket_summary(ticket),
-        "queue": ticket.queue,
         "sender_name": ticket.sender_name,
+        "waiting_since": _iso(ticket.waiting_since),
         "cc": list(ticket.cc or []),
+        "cc_held": list(ticket.cc_held or []),  # copied, recorded, not mailed (#cc adds)
         "fields": dict(ticket.fields or {}),
         "fields_raw": dict(ticket.fields_raw or {}),
         "missing_fields": list(ticket.missing_fields or []),
@@ -104,11 +108,23 @@ def get_ticket(session: Session, number: int) -> Ticket | None:
 
 
 def list_tickets(
-    session: Session, *, status: str | None = None, tenant_id: str | None = None, limit: int = 100
+    session: Session, *, status: str | None = None, tenant_id: str | None = None,
+    owner: str | None = None, queue: str | None = None, priority: str | None = None,
+    sla_state: str | None = None, limit: int = 100, offset: int = 0,
 ) -> list[Ticket]:
-    stmt = select(Ticket).order_by(Ticket.number.desc()).limit(limit)
+    """Cases, newest first, filtered by what a desk sorts its work by."""
+    stmt = select(Ticket).order_by(Ticket.number.desc()).limit(limit).offset(offset)
     if status:
         stmt = stmt.where(Ticket.status == status)
     if tenant_id:
         stmt = stmt.where(Ticket.tenant_id == tenant_id.upper())
+    if owner is not None:
+        stmt = stmt.where(Ticket.owner.is_(None) if owner in ("", "-", "nadie")
+                          else Ticket.owner == owner.lower())
+    if queue:
+        stmt = stmt.where(Ticket.queue == queue)
+    if priority:
+        stmt = stmt.where(Ticket.priority == priority.upper())
+    if sla_state:
+        stmt = stmt.where(clock_state_is(sla_state, utcnow()))
     return list(session.scalars(stmt))

@@ -1,47 +1,51 @@
-"""The last stage: open the case or add the message, and queue every mail we owe."""
+"""Apply: open the case or add the message to it, and queue every mail we owe."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
-from typing import Any
-
-from sqlalchemy import insert
-from sqlalchemy.orm import Session, make_transient_to_detached
 
 from mailbridge.parse.replies import normalise_subject
+from mailbridge.pipeline.cases import (
+    add_event,
+    find_look_alike,
+    insert_case,
+    record_message,
+    record_secrets,
+    take_copies,
+)
 from mailbridge.pipeline.commands import apply_commands, command_help
-from mailbridge.pipeline.context import ROLE_CUSTOMER, ROLE_STAFF, MailContext, Outcome
+from mailbridge.pipeline.context import (
+    FLOW_CASE,
+    ROLE_CUSTOMER,
+    ROLE_STAFF,
+    MailContext,
+    Outcome,
+)
+from mailbridge.pipeline.desk import take_ownership, tell_of_follow_up, tell_queue_of_new_case
+from mailbridge.pipeline.lifecycle import customer_wrote
 from mailbridge.pipeline.mailing import queue_auto_reply, queue_case_update
-from mailbridge.pipeline.thread import find_look_alike
 from mailbridge.sla.cases import start_response_clock
-from mailbridge.sla.closing import customer_answered
-from mailbridge.tickets.evidence import store_evidence
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_INCOMPLETE,
     STATUS_OPEN,
-    STATUS_RESOLVED,
-    Attachment,
     Ticket,
     TicketEvent,
-    TicketMessage,
 )
 from mailbridge.tickets.numbering import next_case_number
-
-# Inserts built once, on the tables: rows nobody in the transaction reads back as objects.
-_TICKET_COLUMNS = [c for c in Ticket.__table__.columns if not c.primary_key]
-_INSERT_TICKET = insert(Ticket.__table__).returning(Ticket.__table__.c.id)
-_INSERT_MESSAGE = insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id)
-_INSERT_EVENT = insert(TicketEvent.__table__)
-_INSERT_ATTACHMENTS = insert(Attachment.__table__)
 
 
 class Apply:
     name = "apply"
     description = "Create the case or add the message; queue the mail we owe"
+    flows = frozenset({FLOW_CASE})
 
-    def run(self, ctx: MailContext) -> Outcome:
+    def run(self, ctx: MailContext) -> Outcome | None:
+        """Records what it did in `ctx.outcome`; the stages after it see the case."""
+        ctx.outcome = self._decide(ctx)
+        return None
+
+    def _decide(self, ctx: MailContext) -> Outcome:
         if ctx.ticket is not None:
             return self._add_to_case(ctx, ctx.ticket)
         subject_key = normalise_subject(ctx.mail.subject, ctx.rules.desk.case_token)[:255]
@@ -68,7 +72,8 @@ class Apply:
             subject_key=subject_key,
             sender=ctx.sender[:320],
             sender_name=(ctx.mail.from_name or "")[:320] or None,
-            cc=_new_cc(ctx, []),
+            cc=[],
+            cc_held=[],
             fields=ctx.fields,
             fields_raw=ctx.fields_raw,
             missing_fields=ctx.missing_fields,
@@ -78,13 +83,14 @@ class Apply:
         )
         # Seed 003: the response clock, from the tenant's plan and calendar.
         start_response_clock(ticket, ctx.rules, ctx.tenant, ctx.inbound.received_at)
+        take_copies(ctx, ticket)
         insert_case(ctx.session, ticket)
         ctx.ticket = ticket
         record_message(ctx, ticket)
-        _add_event(ctx, ticket.id, "created", {
+        add_event(ctx, ticket.id, "created", {
             "priority": priority, "tenant_id": ctx.tenant_id, "inbound_id": ctx.inbound.id,
         })
-        _record_secrets(ctx, ticket)
+        record_secrets(ctx, ticket)
         level = ctx.rules.priorities[ticket.priority]  # type: ignore[index]
         queue_auto_reply(
             ctx, template="ack.txt.j2", kind="ack", ticket=ticket, cc=ticket.cc,
@@ -95,6 +101,9 @@ class Apply:
                 "secret_kinds": ctx.secret_kinds,
             },
         )
+        if ticket.missing_fields:
+            ticket.waiting_since = ctx.now  # the acknowledgement asked: chased from here
+        tell_queue_of_new_case(ctx, ticket)
         ctx.opened_case = True  # counted in mailbridge_tickets_created_total once committed
         return Outcome("ticket", f"case {ticket.number}")
 
@@ -103,22 +112,24 @@ class Apply:
         ctx.ticket = ticket
         record_message(ctx, ticket)
         ticket.updated_at = ctx.now
-        ticket.cc = _new_cc(ctx, ticket.cc)
-        _add_event(ctx, ticket.id, "look_alike_linked",
+        take_copies(ctx, ticket)
+        add_event(ctx, ticket.id, "look_alike_linked",
                    {"sender": ctx.sender, "message_id": ctx.mail.message_id})
         queue_auto_reply(ctx, template="look_alike.txt.j2", kind="look_alike", ticket=ticket,
                          context={"subject": ctx.mail.subject})
+        tell_of_follow_up(ctx, ticket, what="look_alike")
         return Outcome("reply:look-alike", f"case {ticket.number}")
 
     # -- a message on an existing case -------------------------------------------
     def _add_to_case(self, ctx: MailContext, ticket: Ticket) -> Outcome:
         record_message(ctx, ticket)
         ticket.updated_at = ctx.now
-        ticket.cc = _new_cc(ctx, ticket.cc)
-        _record_secrets(ctx, ticket)
-        if ticket.status == STATUS_RESOLVED and ctx.sender_role == ROLE_CUSTOMER:
-            # Seed 003: a confirmation closes the case; any other answer resets the attempts.
-            closed = customer_answered(ctx, ticket)
+        take_copies(ctx, ticket)
+        record_secrets(ctx, ticket)
+        told = False
+        if ctx.sender_role == ROLE_CUSTOMER and ticket.status != STATUS_CLOSED:
+            # Seed 003: a confirmation closes, another answer on a resolved case reopens it.
+            closed, told = customer_wrote(ctx, ticket)
             if closed is not None:
                 return closed
         if ticket.status == STATUS_CLOSED and ctx.sender_role != ROLE_STAFF:
@@ -129,13 +140,18 @@ class Apply:
             queue_auto_reply(ctx, template="case_notice.txt.j2", kind="notice", ticket=ticket,
                              context={"secret_kinds": ctx.secret_kinds,
                                       "fields_completed": ctx.fields_completed})
+        if not told:
+            tell_of_follow_up(ctx, ticket)
         return Outcome("reply", f"case {ticket.number} by {ctx.threaded_by}")
 
     def _staff_reply(self, ctx: MailContext, ticket: Ticket) -> Outcome:
-        if ticket.first_response_at is None and ctx.body.strip():
+        answered = bool(ctx.body.strip())
+        if ticket.first_response_at is None and answered:
             ticket.first_response_at = ctx.now
             ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="first_response", at=ctx.now,
                                         data={"by": ctx.sender}))
+        if ticket.owner is None and answered:
+            take_ownership(ctx, ticket, ctx.sender, why="first_answer")
         results = apply_commands(ctx, ticket)
         if results:
             # Confirmed to the staff member only; rate limits do not apply to staff.
@@ -154,89 +170,6 @@ class Apply:
         return Outcome("reply:staff", f"case {ticket.number}, {len(results)} command(s)")
 
 
-def insert_case(session: Session, ticket: Ticket) -> None:
-    """Insert a new case with one INSERT … RETURNING id; the object joins the session as if
-    it had been loaded, so what later stages change on it is flushed as an UPDATE.
-
-    The ORM's unit of work for this one row cost more than the statement (bench/README.md).
-    Columns left unset are NULL, as the ORM would insert them, unless they have a default:
-    then the default applies and the attribute loads when read.
-    """
-    state = ticket.__dict__
-    for column in _TICKET_COLUMNS:
-        if column.key not in state and column.default is None:
-            setattr(ticket, column.key, None)
-    values = {c.key: state[c.key] for c in _TICKET_COLUMNS if c.key in state}
-    ticket.id = session.execute(_INSERT_TICKET, values).scalar_one()
-    make_transient_to_detached(ticket)
-    session.add(ticket)
-
-
 def _priority_severity(ctx: MailContext, priority: str) -> str:
     level = ctx.rules.priorities.get(priority)  # type: ignore[call-overload]
     return level.severity if level is not None else "MEDIA"
-
-
-def _add_event(ctx: MailContext, ticket_id: int, kind: str, data: dict[str, Any]) -> None:
-    """One event row, inserted now: nothing in the transaction reads it back as an object."""
-    ctx.session.execute(_INSERT_EVENT,
-                        [{"ticket_id": ticket_id, "kind": kind, "at": ctx.now, "data": data}])
-
-
-def _record_secrets(ctx: MailContext, ticket: Ticket) -> None:
-    if ctx.secret_kinds:
-        _add_event(ctx, ticket.id, "secrets_redacted", {"kinds": ctx.secret_kinds})
-
-
-def _new_cc(ctx: MailContext, current: list[str]) -> list[str]:
-    """The case's CC list plus the people copied on this mail (not us, not staff)."""
-    rules = ctx.rules
-    out = list(current or [])
-    sender = ctx.ticket.sender if ctx.ticket is not None else ctx.sender
-    for addr in [*ctx.mail.to, *ctx.mail.cc]:
-        if addr in out or addr in (sender, ctx.sender):
-            continue
-        if rules.accepts_recipient(addr) or rules.is_staff(addr) or rules.is_shared_mailbox(addr):
-            continue
-        out.append(addr)
-    return out
-
-
-def record_message(ctx: MailContext, ticket: Ticket) -> int:
-    """The mail as a message of the case, with its evidence; returns the message's id."""
-    ctx.session.flush()  # the case and what the stages changed go first, as before
-    message_pk = ctx.session.execute(_INSERT_MESSAGE, {
-        "ticket_id": ticket.id,
-        "inbound_id": ctx.inbound.id,
-        "direction": "in",
-        "author_role": ctx.sender_role,
-        "message_id": ctx.mail.message_id[:998] if ctx.mail.message_id else None,
-        "in_reply_to": ctx.mail.in_reply_to,
-        "sender": ctx.sender[:320],
-        "subject": ctx.mail.subject,
-        "body": ctx.body,
-        "created_at": ctx.now,
-    }).scalar_one()
-    _record_attachments(ctx, ticket, message_pk)
-    return int(message_pk)
-
-
-def _record_attachments(ctx: MailContext, ticket: Ticket, message_pk: int) -> None:
-    """Evidence on disk by content hash; over the limit it is listed but not kept apart."""
-    limit = ctx.settings.max_attachment_size
-    rows: list[dict[str, Any]] = []
-    for item in ctx.mail.attachments:
-        size = len(item.payload)
-        stored = size <= limit
-        digest = (
-            store_evidence(ctx.settings.evidence_dir, item.payload)
-            if stored
-            else hashlib.sha256(item.payload).hexdigest()
-        )
-        rows.append({
-            "ticket_id": ticket.id, "message_pk": message_pk, "filename": item.filename[:255],
-            "content_type": item.content_type[:255], "size": size, "sha256": digest,
-            "stored": stored,
-        })
-    if rows:
-        ctx.session.execute(_INSERT_ATTACHMENTS, rows)

@@ -1,4 +1,4 @@
-"""Secrets out of what we keep: the text we store and the archived raw message."""
+"""Redact: keep only the new text of a reply, staff commands apart, secrets out of what we keep."""
 
 from __future__ import annotations
 
@@ -6,7 +6,46 @@ import email
 import email.policy
 from email.message import EmailMessage
 
+from mailbridge.parse.ahead import Ahead
+from mailbridge.parse.quotes import strip_quotes
+from mailbridge.parse.replies import parse_staff_commands
 from mailbridge.parse.secrets import redact_secrets
+from mailbridge.pipeline.context import (
+    FLOW_CASE,
+    FLOW_TARGET,
+    ROLE_STAFF,
+    Guess,
+    MailContext,
+    Outcome,
+)
+
+
+class Redact:
+    name = "redact"
+    description = "Keep only the new text of a reply; staff commands apart; secrets out"
+    flows = frozenset({FLOW_CASE, FLOW_TARGET})
+
+    def run(self, ctx: MailContext) -> Outcome | None:
+        text = ctx.mail.text
+        if ctx.ticket is not None or ctx.flow == FLOW_TARGET:
+            text = strip_quotes(text)
+        ctx.new_text = text
+        if ctx.sender_role == ROLE_STAFF:
+            ctx.commands, text = parse_staff_commands(text)
+        ctx.body, ctx.secret_kinds = redact_secrets(text)
+        if ctx.secret_kinds:
+            # The archived raw copy must not keep what the stored text dropped.
+            ctx.inbound.raw, _ = redact_raw(ctx.inbound.raw)
+        return None
+
+    def predict(self, ahead: Ahead, guess: Guess) -> None:
+        text = guess.mail.text
+        if guess.reply or guess.flow == FLOW_TARGET:
+            text = ahead.compute(strip_quotes, text)
+            if guess.staff and guess.flow == FLOW_CASE:
+                _commands, text = ahead.compute(parse_staff_commands, text)
+        guess.body, _kinds = ahead.compute(redact_secrets, text)
+
 
 NOTICE = "[mensaje retirado por contener información sensible]"
 

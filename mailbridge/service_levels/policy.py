@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mailbridge.sla.calendars import BusinessCalendar, require_aware
-from mailbridge.sla.clocks import Duration, Severity
+from mailbridge.service_levels.calendars import BusinessCalendar, require_aware
+from mailbridge.service_levels.clocks import Duration, Severity
 
 _WEEKDAYS_ES = ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo")
 _MONTHS_ES = (

@@ -1,56 +1,23 @@
-"""Routing and senders: priority from the address, tenant, and who may open a case."""
+"""Senders: only registered contacts open cases; shared mailboxes and strangers are told."""
 
 from __future__ import annotations
 
-from mailbridge.auth import sender_is_authentic
 from mailbridge.pipeline.context import (
+    FLOW_CASE,
     ROLE_CUSTOMER,
     ROLE_EXTERNAL,
     ROLE_STAFF,
+    ROLE_VENDOR,
     MailContext,
     Outcome,
 )
 from mailbridge.pipeline.mailing import queue_auto_reply
 
-# Operations or a vendor a case was escalated to (rules.yaml `escalation_targets`).
-ROLE_VENDOR = "vendor"
-
-
-class Route:
-    name = "route"
-    description = "Recipient address → priority and queue; subject or case → tenant; sender → role"
-
-    def run(self, ctx: MailContext) -> Outcome | None:
-        rules = ctx.rules
-        delivered_to = [
-            ctx.mail.header(h).lower()
-            for h in ("Delivered-To", "X-Original-To")
-            if ctx.mail.header(h)
-        ]
-        # The envelope decides (the mail may list other addresses in To/Cc).
-        for rcpt in [*ctx.inbound.rcpt_tos, *delivered_to, *ctx.mail.to, *ctx.mail.cc]:
-            found = rules.support_address(rcpt)
-            if found is not None:
-                ctx.support_address = found
-                break
-        if ctx.ticket is not None:
-            ctx.tenant_id = ctx.ticket.tenant_id
-        else:
-            ctx.tenant_id = rules.find_tenant_id(ctx.mail.subject)
-        ctx.tenant = rules.tenant(ctx.tenant_id)
-        if ctx.tenant is not None:
-            ctx.tenant_id = ctx.tenant.id
-        # A target's own address wins over the staff domain (Operations may share it).
-        if rules.escalation_target_for_sender(ctx.sender) is not None:
-            ctx.sender_role = ROLE_VENDOR
-        elif rules.is_staff(ctx.sender):
-            ctx.sender_role = ROLE_STAFF
-        return None
-
 
 class Senders:
     name = "senders"
     description = "Only registered contacts open cases; shared mailboxes and strangers are told"
+    flows = frozenset({FLOW_CASE})
 
     def run(self, ctx: MailContext) -> Outcome | None:
         rules = ctx.rules
@@ -62,7 +29,7 @@ class Senders:
                 tenant_contacts = set(ctx.tenant.contacts) if ctx.tenant else set()
                 if sender not in tenant_contacts:
                     ctx.sender_role = ROLE_EXTERNAL
-            if ctx.sender_role in (ROLE_CUSTOMER, ROLE_STAFF) and not sender_is_authentic(ctx):
+            if ctx.sender_role in (ROLE_CUSTOMER, ROLE_STAFF) and not ctx.sender_is_authentic():
                 # A contact's or agent's address failing DMARC/DKIM (sender_auth): a stranger
                 # on the thread, whose commands and confirmations count for nothing.
                 ctx.sender_role = ROLE_EXTERNAL
@@ -79,7 +46,7 @@ class Senders:
                              subject=f"No hemos abierto un caso: {ctx.mail.subject}"[:200])
             return Outcome("refused:shared-mailbox", sender)
         tenants = rules.tenants_of_contact(sender)
-        if tenants and not sender_is_authentic(ctx):
+        if tenants and not ctx.sender_is_authentic():
             # A registered contact's address failing DMARC/DKIM (sender_auth): an unknown
             # sender, kept but not answered (the answer would go to the forged address).
             return Outcome("refused:unauthenticated-sender", sender)

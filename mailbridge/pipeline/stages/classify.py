@@ -1,19 +1,21 @@
-"""Stages that decide whether a mail is for people at all: robots, bounces, duplicates."""
+"""Classify: robots, bounces, lists and our own mail never open cases or get answers."""
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
 from mailbridge.outbound.outbox import OutboxMail
+from mailbridge.parse.ahead import Ahead
 from mailbridge.parse.bounces import parse_bounce
-from mailbridge.parse.classify import BOUNCE, classify
-from mailbridge.pipeline.context import MailContext, Outcome
-from mailbridge.tickets.models import AddressStatus, TicketEvent, TicketMessage
+from mailbridge.parse.classify import AUTO_REPLY, BOUNCE, NORMAL, OWN, classify
+from mailbridge.pipeline.context import FLOW_CASE, FLOW_TARGET, Guess, MailContext, Outcome
+from mailbridge.tickets.models import AddressStatus, TicketEvent
 
 
 class Classify:
     name = "classify"
     description = "Robots, bounces, lists and our own mail never open cases or get answers"
+    flows = frozenset({FLOW_CASE, FLOW_TARGET})
 
     def run(self, ctx: MailContext) -> Outcome | None:
         ctx.classification = classify(
@@ -21,11 +23,22 @@ class Classify:
             own_addresses=ctx.rules.own_addresses,
             envelope_sender=ctx.envelope_sender,
         )
-        if ctx.classification.kind == BOUNCE:
+        kind = ctx.classification.kind
+        if kind == BOUNCE:
             return record_bounce(ctx)
+        if ctx.flow == FLOW_TARGET and kind != OWN:
+            # A target's automatic answer is what numbers the escalation: it goes on.
+            if kind in (NORMAL, AUTO_REPLY):
+                return None
+            return Outcome(f"ignored:vendor-{kind}",
+                           f"{ctx.target_name}: {ctx.classification.reason}")
         if not ctx.classification.may_open_case:
-            return Outcome(f"ignored:{ctx.classification.kind}", ctx.classification.reason)
+            return Outcome(f"ignored:{kind}", ctx.classification.reason)
         return None
+
+    def predict(self, ahead: Ahead, guess: Guess) -> None:
+        ahead.compute(classify, guess.mail.message, own_addresses=guess.rules.own_addresses,
+                      envelope_sender=guess.envelope_sender)
 
 
 def record_bounce(ctx: MailContext) -> Outcome:
@@ -56,26 +69,3 @@ def record_bounce(ctx: MailContext) -> Outcome:
     }))
     ctx.inbound.ticket_id = ticket_id
     return Outcome("bounce:recorded", f"{info.recipients} {info.status}")
-
-
-# Built once, on the table: every mail runs it, and the ORM's per-query work cost more
-# than the lookup (bench/README.md). Core does not autoflush; nothing pending in the
-# session is a message (those are inserted at once).
-_SEEN_MESSAGE = select(TicketMessage.__table__.c.ticket_id).where(
-    TicketMessage.__table__.c.message_id == bindparam("message_id")
-)
-
-
-class Deduplicate:
-    name = "deduplicate"
-    description = "The same Message-ID twice makes one message"
-
-    def run(self, ctx: MailContext) -> Outcome | None:
-        msgid = ctx.mail.message_id
-        if not msgid:
-            return None
-        seen = ctx.session.execute(_SEEN_MESSAGE, {"message_id": msgid}).scalar()
-        if seen is not None:
-            ctx.inbound.ticket_id = seen
-            return Outcome("duplicate", f"Message-ID {msgid} already on a case")
-        return None

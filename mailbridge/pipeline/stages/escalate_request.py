@@ -1,4 +1,4 @@
-"""A customer asking to escalate by mail gets the decision and its reason (seeds 000, 001).
+"""EscalateRequest: a customer asking to escalate by mail is answered with the decision.
 
 The request is a mail to the escalation address (`rules.escalation.address`) or a reply on
 the case with one of `rules.escalation.request_keywords` in its new text. The decision
@@ -8,7 +8,7 @@ it is escalated now. The mail then goes on to `Apply`, which records it on the c
 
 from __future__ import annotations
 
-from mailbridge.pipeline.context import ROLE_CUSTOMER, MailContext, Outcome
+from mailbridge.pipeline.context import FLOW_CASE, ROLE_CUSTOMER, MailContext, Outcome
 from mailbridge.pipeline.mailing import queue_auto_reply
 from mailbridge.sla.escalation import (
     ACTION_ESCALATION,
@@ -28,6 +28,7 @@ def _to_escalation_address(ctx: MailContext) -> bool:
 class EscalateRequest:
     name = "escalate-request"
     description = "A customer's escalation request is decided by the rules and answered"
+    flows = frozenset({FLOW_CASE})
 
     def run(self, ctx: MailContext) -> Outcome | None:
         if ctx.sender_role != ROLE_CUSTOMER:

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mailbridge.parse.fieldvalues import fold
-from mailbridge.sla.clocks import Severity
-from mailbridge.sla.policy import ClosingRules, EscalationRules
+from mailbridge.service_levels.clocks import Severity
+from mailbridge.service_levels.policy import ClosingRules, EscalationRules
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -150,10 +150,23 @@ class ClosingConfig(ClosingRules):
         "den por cerrado",
     )  # fmt: skip
     negation_words: tuple[str, ...] = ("no", "ni", "nunca", "aún", "aun", "todavía", "tampoco")
+    # On a case that is not resolved yet, only a request to close it closes it ("Ya
+    # funciona, pueden cerrar el caso"): "ya funciona el correo, pero…" does not.
+    close_request_phrases: tuple[str, ...] = (
+        "pueden cerrar", "puede cerrar", "pueden cerrarlo", "den por cerrado", "cierren el caso",
+        "cerrar el caso", "dar por cerrado",
+    )  # fmt: skip
 
     def confirms(self, text: str) -> bool:
         """Whether a customer's new text confirms the resolution."""
-        pattern = phrase_regex(self.confirmation_phrases)
+        return self._says(self.confirmation_phrases, text)
+
+    def asks_to_close(self, text: str) -> bool:
+        """Whether a customer's new text asks to close a case that is still open."""
+        return self._says(self.close_request_phrases, text)
+
+    def _says(self, phrases: tuple[str, ...], text: str) -> bool:
+        pattern = phrase_regex(phrases)
         if pattern is None or not text:
             return False
         folded = fold(text)

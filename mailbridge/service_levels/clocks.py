@@ -10,16 +10,18 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 
-from mailbridge.sla.calendars import BusinessCalendar, parse_hours_spec, require_aware
+from mailbridge.service_levels.calendars import BusinessCalendar, parse_hours_spec, require_aware
 
 Severity = Literal["URGENTE", "ALTA", "MEDIA", "BAJA"]
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)
-ClockStatus = Literal["a_tiempo", "en_riesgo", "vencido", "cumplido"]
+# "en_pausa": the desk waits on the customer (esperando_cliente) and the clock stops.
+ClockStatus = Literal["a_tiempo", "en_riesgo", "vencido", "cumplido", "en_pausa"]
 STATUS_LABELS_ES: dict[ClockStatus, str] = {
     "a_tiempo": "A tiempo",
     "en_riesgo": "En riesgo",
     "vencido": "Vencido",
     "cumplido": "Cumplido",
+    "en_pausa": "En pausa (esperando al cliente)",
 }
 
 _DURATION_PART_RE = re.compile(

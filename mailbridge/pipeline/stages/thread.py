@@ -1,21 +1,17 @@
-"""Threading: which case a mail belongs to, however badly its client threads."""
+"""Thread: which case a mail belongs to, however badly its client threads."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from sqlalchemy import bindparam, select
 
-from mailbridge.db import UTCDateTime
 from mailbridge.escalation.vendors import case_by_vendor_ticket
 from mailbridge.outbound.outbox import OutboxMail
 from mailbridge.parse.replies import find_case_number
-from mailbridge.pipeline.context import MailContext, Outcome
-from mailbridge.tickets.models import OPEN_STATUSES, Ticket, TicketMessage
+from mailbridge.pipeline.context import FLOW_CASE, FLOW_TARGET, MailContext, Outcome
+from mailbridge.tickets.models import Ticket, TicketMessage
 
 # The lookups every mail runs, built once with bind parameters. Those that need only an
 # id are Core on the tables (no ORM loading, no autoflush: nothing they read is pending).
-_TICKETS = Ticket.__table__.c
 _CASE_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number"))
 _CASE_BY_MESSAGE = (
     select(TicketMessage.__table__.c.ticket_id)
@@ -28,22 +24,12 @@ _CASE_BY_OUR_MAIL = (
            OutboxMail.__table__.c.ticket_id.is_not(None))
     .limit(1)
 )
-_LOOK_ALIKE = (
-    select(_TICKETS.id)
-    .where(
-        _TICKETS.tenant_id == bindparam("tenant_id"),
-        _TICKETS.subject_key == bindparam("subject_key"),
-        _TICKETS.status.in_(OPEN_STATUSES),
-        _TICKETS.created_at >= bindparam("since", type_=UTCDateTime),
-    )
-    .order_by(_TICKETS.created_at.desc())
-    .limit(1)
-)
 
 
 class Thread:
     name = "thread"
     description = "A reply joins its case by [Caso N], plus-address, In-Reply-To or References"
+    flows = frozenset({FLOW_CASE, FLOW_TARGET})
 
     def run(self, ctx: MailContext) -> Outcome | None:
         desk = ctx.rules.desk
@@ -85,18 +71,3 @@ def plus_address_case(ctx: MailContext) -> int | None:
         if domain in own_domains and base in own_locals and tag.isdigit():
             return int(tag)
     return None
-
-
-def find_look_alike(ctx: MailContext, subject_key: str) -> Ticket | None:
-    """An open case of the same tenant with the same normalised subject, recently opened.
-
-    Every opening asks; few find one. The question reads one column, and the case is
-    loaded only when there is one.
-    """
-    if not subject_key or ctx.tenant_id is None:
-        return None
-    window = timedelta(hours=ctx.rules.desk.duplicate_window_hours)
-    ticket_id = ctx.session.execute(_LOOK_ALIKE, {
-        "tenant_id": ctx.tenant_id, "subject_key": subject_key, "since": ctx.now - window,
-    }).scalar()
-    return ctx.session.get(Ticket, ticket_id) if ticket_id is not None else None
