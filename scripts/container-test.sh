@@ -311,7 +311,8 @@ with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
 PY
 }
 
-# acks N DIR...: wait (60 s at most) until the Maildirs hold N acknowledgements, then
+# acks N DIR...: wait (60 s at most) until the Maildirs hold N acknowledgements to the
+# customers (the demo tenant TEN-1001 at compensar.example), then
 # check that cases 1..N are each acknowledged once; prints "number<TAB>subject" lines.
 acks() {
   python3 - "$@" <<'PY'
@@ -324,7 +325,8 @@ def read():
         for f in sorted(d.glob("*")) if d.is_dir() else []:
             msg = email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
             m = re.match(r"\[Caso (\d+)\] (.*)", str(msg["Subject"]))
-            if m:
+            # The customer's acknowledgement, not the desk's own notice of the new case.
+            if m and str(msg["To"]).endswith("@compensar.example"):
                 found.append((int(m.group(1)), m.group(2), str(msg["To"])))
     return found
 deadline = time.monotonic() + 60
@@ -400,10 +402,15 @@ for i in 1 2; do
   wait_healthy "mb-pg-$i"
 done
 ok "postgresql: two containers healthy, the first ran db upgrade"
-mails=8
-for n in $(seq 1 "$mails"); do
+# Eight different issues (close subjects of one tenant would join an open case).
+subjects=("No llegan las facturas electrónicas" "Error al iniciar sesión en el portal"
+  "Lentitud en la consulta de afiliados" "Certificado vencido en el sitio web"
+  "Impresora de la sede norte sin conexión" "Copia de seguridad nocturna fallida"
+  "Usuario bloqueado tras cambio de clave" "Solicitud de acceso a la VPN corporativa")
+mails=${#subjects[@]}
+for n in $(seq 0 $((mails - 1))); do   # alternately to each container, from ana and luis
   send "${ports[$((n % 2))]}" "$([ $((n % 2)) = 0 ] && echo ana || echo luis)@compensar.example" \
-    "TEN-1001 Prueba $n de dos contenedores"
+    "TEN-1001 ${subjects[$n]}"
 done
 acks "$mails" "${dirs[@]}" > "$work/acks" || fail "not one acknowledgement per mail"
 ok "postgresql: $mails mails to both containers, one acknowledgement each"
