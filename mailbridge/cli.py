@@ -588,7 +588,7 @@ def _relay_oauth_login(settings: Settings) -> tuple[Any, Any]:
 
 
 def _imap_oauth_login(settings: Settings, name: str) -> tuple[Any, Any]:
-    from mailbridge.intake.imap import ImapPoller
+    from mailbridge.intake.imap import connection
     from mailbridge.intake.imap_config import load_imap_accounts
 
     accounts = {a.name: a for a in load_imap_accounts(settings.imap_accounts,
@@ -598,8 +598,12 @@ def _imap_oauth_login(settings: Settings, name: str) -> tuple[Any, Any]:
     account = accounts[name]
 
     def login() -> str:
-        client = ImapPoller(account, None)._connect()  # type: ignore[arg-type]
-        client.logout()
+        client = connection.open_client(account)
+        try:
+            connection.log_in(client, account, connection.secret_of(account))
+            client.logout()
+        finally:
+            connection.shutdown(client)
         return f"{account.host}:{account.effective_port} as {account.username}"
 
     return account.token_source(), login

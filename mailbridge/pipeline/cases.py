@@ -87,7 +87,7 @@ def take_copies(ctx: MailContext, ticket: Ticket) -> None:
     Who receives the case's mail is limited (hostile round 2, Cc amplification): the
     tenant's registered contacts and addresses in its own domains go to `cc`; anyone else
     is recorded in `cc_held` and mailed only once staff add them (a staff member copying
-    someone on a reply, or «#cc persona@dominio»).
+    someone new on a reply, or «#cc persona@dominio»).
     """
     rules = ctx.rules
     cc, held = list(ticket.cc or []), list(ticket.cc_held or [])
@@ -99,7 +99,9 @@ def take_copies(ctx: MailContext, ticket: Ticket) -> None:
             continue
         if rules.accepts_recipient(addr) or rules.is_staff(addr) or rules.is_shared_mailbox(addr):
             continue
-        if vouched or (tenant is not None and tenant.is_colleague(addr)):
+        # Staff copying someone new vouch for them; a held address their reply-all merely
+        # carried along stays held (only «#cc» releases it).
+        if (vouched and addr not in held) or (tenant is not None and tenant.is_colleague(addr)):
             cc.append(addr)
             if addr in held:
                 held.remove(addr)

@@ -9,13 +9,20 @@ wrote themselves, or what already reached them (they were in To/Cc of the mail).
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailbridge import metrics
 from mailbridge.outbound.compose import AUTO_GENERATED, Mail, case_staff, compose
 from mailbridge.pipeline.context import MailContext
 from mailbridge.pipeline.mailing import answering
 from mailbridge.service_levels.policy import format_when_es
 from mailbridge.tickets.models import Ticket, TicketEvent
+
+log = logging.getLogger(__name__)
 
 
 def _not_reached(ctx: MailContext, people: list[str]) -> list[str]:
@@ -34,10 +41,19 @@ def tell_staff(ctx: MailContext, ticket: Ticket, *, kind: str, template: str,
         p for p in dict.fromkeys(people) if p.lower() != ctx.sender.lower()]
     if not people:
         return False
-    mail = Mail(kind=kind, template=template, to=people, ticket=ticket, subject=subject,
-                context={**_case_context(ctx, ticket), **context},
-                answering=answering(ctx), auto_submitted=AUTO_GENERATED)
-    return compose(ctx.session, ctx.rules, mail, now=ctx.now) is not None
+    try:
+        mail = Mail(kind=kind, template=template, to=people, ticket=ticket, subject=subject,
+                    context={**_case_context(ctx, ticket), **context},
+                    answering=answering(ctx), auto_submitted=AUTO_GENERATED)
+        return compose(ctx.session, ctx.rules, mail, now=ctx.now) is not None
+    except SQLAlchemyError:
+        raise  # the database's trouble: the mail is retried, as for any stage
+    except Exception:
+        # A notice that cannot be made (a template, odd data) must not cost the customer
+        # their case and acknowledgement: it is logged and counted, the mail goes on.
+        log.exception("staff notice not queued", extra={"kind": kind, "case": ticket.number})
+        metrics.AUTO_REPLIES_WITHHELD.labels(reason="notice_failed").inc()
+        return False
 
 
 def _case_context(ctx: MailContext, ticket: Ticket) -> dict[str, Any]:
@@ -75,11 +91,20 @@ def tell_of_follow_up(ctx: MailContext, ticket: Ticket, *, what: str = "follow_u
 
 
 def _shown(value: Any) -> str:
+    """A template field's value on one line, as a person writes it."""
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(_shown(v) for v in value)
     if isinstance(value, dict):
-        return " – ".join(str(v) for v in value.values() if v)
-    return str(value)
+        return " – ".join(_shown(v) for v in value.values() if v)
+    text = " ".join(str(value).split())
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if at.tzinfo is None or "T" not in text:
+        return text
+    offset = at.strftime("%z")
+    return f"{at:%d/%m/%Y %H:%M} (UTC{offset[:3]}:{offset[3:]})"
 
 
 def take_ownership(ctx: MailContext, ticket: Ticket, owner: str, *, why: str) -> None:

@@ -135,6 +135,29 @@ def test_outsiders_in_cc_are_recorded_not_mailed_until_staff_add_one(make_daemon
     daemon.stop()
 
 
+def test_a_staff_reply_all_does_not_release_the_held_outsiders(make_daemon, relay) -> None:
+    """Reply-all carries everyone on the thread: only someone staff copy anew is vouched for."""
+    daemon = make_daemon(relay_port=relay.port).start()
+    outsiders = [f"persona{i}@otra-empresa.example" for i in range(5)]
+    msg = opening_mail()
+    msg["Cc"] = ", ".join(outsiders)
+    daemon.send(msg)
+    _wait(lambda: _acks(relay))
+    reply = EmailMessage()
+    reply["From"] = "Carlos Agente <carlos@mesa.example>"
+    reply["To"] = "ana@compensar.example, soporte+1@mesa.example"
+    reply["Cc"] = ", ".join([*outsiders, "tecnico@proveedor.example"])
+    reply["Subject"] = "Re: [Caso 1] TEN-1001 Caída del servicio de correo"
+    reply["Message-ID"] = f"<{time.time_ns()}@mesa.example>"
+    reply.set_content("Estamos revisando el servidor; copio a nuestro técnico.")
+    daemon.send(reply, rcpt=["soporte+1@mesa.example"])
+    daemon.settle()
+    shown = daemon.wait_ticket(1)
+    assert shown["cc"] == ["tecnico@proveedor.example"]
+    assert shown["cc_held"] == outsiders
+    daemon.stop()
+
+
 def test_automatic_mail_goes_to_ten_people_at_most(make_daemon, relay) -> None:
     daemon = make_daemon(relay_port=relay.port).start()
     colleagues = [f"colega{i}@compensar.example" for i in range(15)]

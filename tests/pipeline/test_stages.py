@@ -283,3 +283,23 @@ def test_auto_escalate(db, settings) -> None:
 def test_every_stage_is_named_described_and_in_a_flow(stage) -> None:
     assert stage.name and stage.description
     assert stage.flows and stage.flows <= {FLOW_CASE, FLOW_TARGET}
+
+
+def test_a_staff_notice_that_cannot_be_made_does_not_cost_the_case(
+        db, settings, demo_rules, monkeypatch) -> None:
+    """A fault in a notice (here its rendering) is logged; the case and its ack stand."""
+    import mailbridge.outbound.outbox as outbox
+
+    real_render = outbox.render
+
+    def render(draft, templates_dir=None):  # type: ignore[no-untyped-def]
+        if draft.template == "staff_new_case.txt.j2":
+            raise RuntimeError("a fault nobody foresaw")
+        return real_render(draft, templates_dir)
+
+    monkeypatch.setattr(outbox, "render", render)
+    with context(db, settings, demo_rules, raw_mail()) as ctx:
+        for stage in (Route(), Senders(), Redact(), Validate(), Apply()):
+            stage.run(ctx)
+        assert ctx.outcome is not None and ctx.outcome.name == "ticket"
+    assert queued(db) == [("ack", ["ana@compensar.example"])]
