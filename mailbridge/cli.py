@@ -236,6 +236,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"database: {_redacted_url(settings.resolved_database_url)}")
     print(f"smtp: {settings.smtp_listen}  http: {settings.http_listen}")
+    if settings.smtp_tls_cert is not None:
+        import ssl
+
+        from mailbridge.intake.smtp import ServerTls
+
+        try:
+            ServerTls.from_settings(settings)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"environment: MAILBRIDGE_SMTP_TLS_CERT: {settings.smtp_tls_cert}: cannot "
+                  f"load it with its key: {exc}", file=sys.stderr)
+            return 78
+        print("smtp tls: STARTTLS " + ("required" if settings.smtp_require_tls else "offered"))
+    if settings.lmtp_listen:
+        print(f"lmtp: {settings.lmtp_listen}")
     relay = (f"{settings.relay} ({settings.relay_security}"
              + (", certificate and host name verified" if settings.relay_security != "none"
                 else "") + ")"

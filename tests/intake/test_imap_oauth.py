@@ -191,3 +191,21 @@ def _secret(tmp_path: Path) -> Path:
     path = tmp_path / "imap-client.secret"
     write_secret_file(path, "imap-secret")
     return path
+
+
+def test_account_configuration(tmp_path) -> None:
+    from pydantic import ValidationError
+
+    base = {"name": "m365", "host": "outlook.office365.com", "username": USER,
+            "queue_address": "soporte-a@mesa.example"}
+    oauth = {"provider": "microsoft", "tenant": "contoso.onmicrosoft.com", "client_id": "id",
+             "client_secret": "very-secret-value"}
+    account = ImapAccount(**base, auth="xoauth2", oauth=oauth)
+    assert account.uses_oauth and account.oauth is not None
+    assert account.oauth.effective_scope == "https://outlook.office365.com/.default"
+    assert "very-secret-value" not in repr(account)
+    for bad, message in [({"auth": "xoauth2", "password": "x"}, "needs an `oauth` block"),
+                         ({"oauth": oauth, "password": "x"}, "exactly one of"),
+                         ({"auth": "password", "oauth": oauth}, "auth: password, but oauth")]:
+        with pytest.raises(ValidationError, match=message):
+            ImapAccount(**base, **bad)

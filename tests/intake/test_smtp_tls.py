@@ -136,6 +136,15 @@ def test_require_tls_without_a_certificate_is_a_configuration_error(make_daemon)
     assert b"MAILBRIDGE_SMTP_REQUIRE_TLS needs MAILBRIDGE_SMTP_TLS_CERT" in result.stderr
 
 
+def test_check_config_loads_the_certificate(make_daemon, served, certs) -> None:
+    good = make_daemon("good", smtp_tls_cert=str(served[0]), smtp_tls_key=str(served[1]))
+    assert "smtp tls: STARTTLS offered" in good.cli("check-config").stdout.decode()
+    wrong_key = make_daemon("bad", smtp_tls_cert=str(served[0]),
+                            smtp_tls_key=str(certs.self_signed_key))
+    result = wrong_key.cli("check-config", check=False)
+    assert result.returncode == 78 and b"cannot load it with its key" in result.stderr
+
+
 def test_sighup_loads_a_new_certificate_and_keeps_the_old_one_on_a_bad_file(
         make_daemon, relay, served, certs) -> None:
     cert, key = served
