@@ -213,15 +213,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               "MAILBRIDGE_SENDER_AUTH=authres (whose Authentication-Results to trust)",
               file=sys.stderr)
         return 78
+    if settings.relay and settings.relay_auth == "xoauth2":
+        from mailbridge.oauth import relay_oauth_config
+
+        try:
+            oauth = relay_oauth_config(settings)
+        except ValidationError as exc:
+            for err in exc.errors():
+                key = "_".join(str(p) for p in err["loc"]).upper()
+                print(f"environment: MAILBRIDGE_RELAY_OAUTH{'_' + key if key else ''}: "
+                      f"{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+            return 78
+        print(f"relay oauth: {oauth.provider}, {oauth.effective_grant} grant at {oauth.endpoint}")
     for account in accounts:
         print(f"imap: {account.name}: {account.username}@{account.host}:{account.effective_port} "
-              f"({account.security}), folder {account.folder} → {account.queue_address}")
+              f"({account.security}), folder {account.folder} → {account.queue_address}"
+              + (f", oauth {account.oauth.provider} {account.oauth.effective_grant}"
+                 if account.oauth else ""))
     print(
         f"{settings.rules}: ok ({len(rules.addresses)} support addresses, "
         f"{len(rules.tenants)} tenants)"
     )
     print(f"database: {_redacted_url(settings.resolved_database_url)}")
     print(f"smtp: {settings.smtp_listen}  http: {settings.http_listen}")
+    if settings.smtp_tls_cert is not None:
+        import ssl
+
+        from mailbridge.intake.smtp import ServerTls
+
+        try:
+            ServerTls.from_settings(settings)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"environment: MAILBRIDGE_SMTP_TLS_CERT: {settings.smtp_tls_cert}: cannot "
+                  f"load it with its key: {exc}", file=sys.stderr)
+            return 78
+        print("smtp tls: STARTTLS " + ("required" if settings.smtp_require_tls else "offered"))
+    if settings.lmtp_listen:
+        print(f"lmtp: {settings.lmtp_listen}")
     relay = (f"{settings.relay} ({settings.relay_security}"
              + (", certificate and host name verified" if settings.relay_security != "none"
                 else "") + ")"
@@ -252,9 +280,11 @@ def cmd_parse(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from mailbridge.status import status_report
 
-    db = _db(_settings())
+    settings = _settings()
+    db = _db(settings)
     with db.reader() as session:
         report = status_report(session)
+    _add_oauth_status(report, settings)
     if args.json:
         _print_json(report)
         return 0
@@ -273,6 +303,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           if oldest else "every case acknowledged")
     for late in acks["overdue"]:
         print(f"ACK OVERDUE: case {late['case']} (due {late['due_at']})")
+    for name, token in (report.get("oauth") or {}).items():
+        print(f"oauth {name}: " + ("ok" if token["ok"] else
+              f"RENEWAL FAILING since {token['failing_since']}: {token['last_error']}"))
     return 0
 
 
@@ -510,7 +543,92 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate settings and rules.yaml")
     p.set_defaults(func=cmd_check_config)
+    _add_oauth_parser(sub)
     return parser
+
+
+def _add_oauth_status(report: dict[str, Any], settings: Settings) -> None:
+    """The daemon's token state (it writes run/oauth.json), when it has OAuth accounts."""
+    from mailbridge.oauth import read_state_file
+
+    state = read_state_file(settings.run_dir / "oauth.json")
+    if state is not None:
+        report["oauth"] = state["accounts"]
+
+
+def cmd_oauth_test(args: argparse.Namespace) -> int:
+    """Get a token for ACCOUNT ("relay" or an IMAP account name) and log in with it."""
+    from mailbridge.oauth import TokenError
+
+    settings = _settings()
+    try:
+        if args.account == "relay":
+            source, login = _relay_oauth_login(settings)
+        else:
+            source, login = _imap_oauth_login(settings, args.account)
+        if source is None:
+            print(f"{args.account}: no built-in OAuth2 configured (auth: xoauth2 with oauth)",
+                  file=sys.stderr)
+            return 78
+        source.token()
+        state = source.state()
+        print(f"{args.account}: token from {state['token_url']} ({state['grant']} grant), "
+              f"valid for {state['expires_in']} s")
+        where = login()
+        print(f"{args.account}: logged in to {where} with XOAUTH2")
+    except TokenError as exc:
+        print(f"{args.account}: no token: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"{args.account}: login failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _relay_oauth_login(settings: Settings) -> tuple[Any, Any]:
+    from mailbridge.oauth import relay_token_source
+    from mailbridge.outbound.sender import RelayTransport
+
+    if not settings.relay or settings.relay_auth != "xoauth2":
+        return None, None
+
+    def login() -> str:
+        transport = RelayTransport(settings)
+        transport.open()
+        transport.close()
+        return f"{settings.relay} as {settings.relay_user}"
+
+    return relay_token_source(settings), login
+
+
+def _imap_oauth_login(settings: Settings, name: str) -> tuple[Any, Any]:
+    from mailbridge.intake.imap import connection
+    from mailbridge.intake.imap_config import load_imap_accounts
+
+    accounts = {a.name: a for a in load_imap_accounts(settings.imap_accounts,
+                                                       path=settings.imap_accounts_file)}
+    if name not in accounts:
+        raise SystemExit(f"no IMAP account {name!r} (known: relay, {', '.join(accounts)})")
+    account = accounts[name]
+
+    def login() -> str:
+        client = connection.open_client(account)
+        try:
+            connection.log_in(client, account, connection.secret_of(account))
+            client.logout()
+        finally:
+            connection.shutdown(client)
+        return f"{account.host}:{account.effective_port} as {account.username}"
+
+    return account.token_source(), login
+
+
+def _add_oauth_parser(sub: Any) -> None:
+    p = sub.add_parser("oauth", help="OAuth2 tokens of the relay and IMAP accounts")
+    osub = p.add_subparsers(dest="oauth_command", required=True)
+    t = osub.add_parser("test", help="get a token for ACCOUNT and log in with it")
+    t.add_argument("account", help="'relay' or an IMAP account name")
+    t.set_defaults(func=cmd_oauth_test)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,6 +129,53 @@ class Settings(BaseSettings):
         default=5, ge=1, description="seconds an idle HTTP keep-alive connection stays open"
     )
 
+    # Mail connectivity (issue 19): LMTP, inbound TLS, OAuth2 for the relay.
+    lmtp_listen: str | None = Field(
+        default=None,
+        description="LMTP listener: host:port, or the path of a unix socket (contains a /)",
+    )
+    lmtp_socket_mode: str = Field(
+        default="0660", pattern=r"^0?[0-7]{3}$",
+        description="permissions of the LMTP unix socket (the MTA's user must reach it)",
+    )
+    smtp_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) offered with STARTTLS on SMTP"
+    )
+    smtp_tls_key: Path | None = Field(default=None, description="its PEM private key")
+    smtp_require_tls: bool = Field(
+        default=False, description="refuse MAIL (and AUTH) before STARTTLS on the SMTP listener"
+    )
+    relay_auth: str = Field(
+        default="password", pattern=r"^(password|xoauth2)$",
+        description="relay authentication: password (MAILBRIDGE_RELAY_PASSWORD) or xoauth2",
+    )
+    relay_oauth_provider: str = Field(
+        default="generic", pattern=r"^(microsoft|google|generic)$",
+        description="whose token endpoint and default scope (see README: OAuth2)",
+    )
+    relay_oauth_tenant: str | None = Field(
+        default=None, description="Microsoft: the tenant (ID or domain) of the token endpoint"
+    )
+    relay_oauth_token_url: str | None = Field(default=None, description="token endpoint URL")
+    relay_oauth_client_id: str | None = None
+    relay_oauth_client_secret: SecretStr | None = None
+    relay_oauth_client_secret_file: Path | None = None
+    relay_oauth_refresh_token_file: Path | None = Field(
+        default=None, description="refresh-token grant: the token's file (rotations written back)"
+    )
+    relay_oauth_grant: str | None = Field(
+        default=None, pattern=r"^(client_credentials|refresh_token)$",
+        description="default: refresh_token when a refresh token file is given",
+    )
+    relay_oauth_scope: str | None = Field(default=None, description="default by provider")
+    relay_oauth_ca_file: Path | None = Field(
+        default=None, description="PEM CA that signs the token endpoint's certificate"
+    )
+    oauth_retry_base: float = Field(
+        default=5.0, gt=0, description="seconds before retrying a failed token renewal (doubling)"
+    )
+    oauth_retry_max: float = Field(default=300.0, gt=0, description="longest such wait")
+
     @field_validator("relay", mode="before")
     @classmethod
     def _empty_relay_is_none(cls, value: object) -> object:
@@ -147,6 +194,27 @@ class Settings(BaseSettings):
                 "sent in clear only to a relay on loopback)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _listener_tls(self) -> Settings:
+        if (self.smtp_tls_cert is None) != (self.smtp_tls_key is None):
+            raise ValueError("MAILBRIDGE_SMTP_TLS_CERT and MAILBRIDGE_SMTP_TLS_KEY go together")
+        if self.smtp_require_tls and self.smtp_tls_cert is None:
+            raise ValueError("MAILBRIDGE_SMTP_REQUIRE_TLS needs MAILBRIDGE_SMTP_TLS_CERT and "
+                             "MAILBRIDGE_SMTP_TLS_KEY (there is no TLS to require)")
+        if self.relay_auth == "xoauth2" and self.relay and not self.relay_user:
+            raise ValueError("MAILBRIDGE_RELAY_AUTH=xoauth2 needs MAILBRIDGE_RELAY_USER "
+                             "(the mailbox the token is for)")
+        return self
+
+    @property
+    def lmtp_address(self) -> tuple[str, int] | str | None:
+        """Where LMTP listens: (host, port), a unix socket path, or None (off)."""
+        if not self.lmtp_listen:
+            return None
+        if "/" in self.lmtp_listen:
+            return self.lmtp_listen
+        return parse_hostport(self.lmtp_listen, default_port=24)
 
     @property
     def relay_security(self) -> str:

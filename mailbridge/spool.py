@@ -69,7 +69,7 @@ class InboundMail(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    channel: Mapped[str] = mapped_column(String(16))  # smtp | imap | pipe
+    channel: Mapped[str] = mapped_column(String(16))  # smtp | lmtp | imap | pipe
     source: Mapped[str | None] = mapped_column(String(255))  # peer, account/uid, file
     mail_from: Mapped[str] = mapped_column(String(998), default="")
     rcpt_tos: Mapped[list[Any]] = mapped_column(default=list)

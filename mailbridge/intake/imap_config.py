@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from mailbridge.oauth import REGISTRY, OAuthConfig, TokenError, TokenSource
 from mailbridge.rules import ConfigProblem, yaml_line_index
 from mailbridge.rules import nearest_line as _nearest_line
 
@@ -66,6 +67,12 @@ class ImapAccount(BaseModel):
     xoauth2_token_command: str | list[str] | None = Field(
         default=None, repr=False, description="prints an OAuth2 access token on stdout"
     )
+    auth: Literal["password", "xoauth2"] | None = Field(
+        default=None, description="xoauth2 with `oauth` (built in) or xoauth2_token_command"
+    )
+    oauth: OAuthConfig | None = Field(
+        default=None, description="built-in OAuth2: provider, token endpoint, client, secrets"
+    )
     ca_file: Path | None = Field(
         default=None, description="extra CA certificates to trust (still verified)"
     )
@@ -85,14 +92,19 @@ class ImapAccount(BaseModel):
     def _check(self) -> ImapAccount:
         sources = [
             name
-            for name in ("password", "password_file", "password_env", "xoauth2_token_command")
+            for name in ("password", "password_file", "password_env", "xoauth2_token_command",
+                         "oauth")
             if getattr(self, name) not in (None, "", [])
         ]
         if len(sources) != 1:
             raise ValueError(
                 "give exactly one of password, password_file, password_env, "
-                f"xoauth2_token_command (got {', '.join(sources) or 'none'})"
+                f"xoauth2_token_command, oauth (got {', '.join(sources) or 'none'})"
             )
+        if self.auth == "xoauth2" and sources[0] not in ("oauth", "xoauth2_token_command"):
+            raise ValueError("auth: xoauth2 needs an `oauth` block (or xoauth2_token_command)")
+        if self.auth == "password" and sources[0] in ("oauth", "xoauth2_token_command"):
+            raise ValueError(f"auth: password, but {sources[0]} is given")
         if self.security == "none" and not is_loopback(self.host):
             raise ValueError(
                 f"security 'none' is only allowed for a loopback host, not {self.host!r}: "
@@ -111,7 +123,13 @@ class ImapAccount(BaseModel):
 
     @property
     def uses_oauth(self) -> bool:
-        return self.xoauth2_token_command is not None
+        return self.xoauth2_token_command is not None or self.oauth is not None
+
+    def token_source(self) -> TokenSource | None:
+        """The built-in OAuth2 token source of this account (one per process)."""
+        if self.oauth is None:
+            return None
+        return REGISTRY.source(f"imap:{self.name}", self.oauth)
 
     def initial_sync_criteria(self) -> list[Any]:
         """The UID SEARCH criteria for messages already there on the first sync."""
@@ -151,8 +169,21 @@ class ImapAccount(BaseModel):
             return value
         raise CredentialError(f"account {self.name}: no password configured (OAuth account?)")
 
+    def oauth_token_rejected(self) -> None:
+        """The server refused the token: the built-in source asks for a new one next time."""
+        source = self.token_source()
+        if source is not None:
+            source.invalidate()
+
     def fetch_oauth_token(self) -> str:
-        """Run the token command; its stdout (stripped) is the XOAUTH2 access token."""
+        """The XOAUTH2 access token: from the built-in source (`oauth`), else the token
+        command's stdout (stripped)."""
+        source = self.token_source()
+        if source is not None:
+            try:
+                return source.token()
+            except TokenError as exc:
+                raise CredentialError(f"account {self.name}: {exc}") from None
         command = self.xoauth2_token_command
         if command is None:
             raise CredentialError(f"account {self.name}: no xoauth2_token_command")

@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from prometheus_client import Counter
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
@@ -25,6 +30,10 @@ from mailbridge.settings import Settings
 from mailbridge.spool import InboundMail, StorageError, new_inbound, store_inbound
 
 log = logging.getLogger(__name__)
+
+TLS_SESSIONS = Counter(
+    "mailbridge_smtp_tls_sessions_total", "STARTTLS handshakes on the SMTP listener", ["outcome"]
+)
 
 
 class SpoolWriter:
@@ -87,18 +96,32 @@ class SpoolWriter:
 
 
 class IntakeHandler:
-    """aiosmtpd handler hooks: RCPT policy and DATA storage."""
+    """aiosmtpd handler hooks: RCPT policy and DATA storage.
+
+    `channel` is what the stored mail and the metrics say it came by: "smtp" or "lmtp"
+    (the LMTP listener has its own handler with the same policy and the same store).
+    """
 
     def __init__(
         self,
         rules: Callable[[], Rules],
         settings: Settings,
         store: Callable[[InboundMail], Any],
+        *,
+        channel: str = "smtp",
     ) -> None:
         self.rules = rules
         self.settings = settings
         self.store = store
+        self.channel = channel
         self.in_flight = 0
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        # Nobody logs in to the intake: aiosmtpd would offer AUTH (always failing) after
+        # STARTTLS, so that line goes. The rest is aiosmtpd's EHLO (or LHLO) as it is.
+        session.host_name = hostname
+        return [r for r in responses if not r.startswith("250-AUTH")]
 
     async def handle_RCPT(
         self,
@@ -109,7 +132,7 @@ class IntakeHandler:
         rcpt_options: list[str],
     ) -> str:
         if not self.rules().accepts_recipient(address):
-            metrics.RECEIVED.labels(channel="smtp", outcome="rcpt_refused").inc()
+            metrics.RECEIVED.labels(channel=self.channel, outcome="rcpt_refused").inc()
             log.info(
                 "recipient refused",
                 extra={"rcpt": address[:320], "peer": _peer(session)},
@@ -130,7 +153,7 @@ class IntakeHandler:
             raw = received_line(session, envelope, server.hostname) + raw
         mail = new_inbound(
             raw,
-            channel="smtp",
+            channel=self.channel,
             mail_from=envelope.mail_from or "",
             rcpt_tos=envelope.rcpt_tos,
             source=_peer(session),
@@ -143,13 +166,13 @@ class IntakeHandler:
         except Exception as exc:
             # Whatever went wrong, nothing was acknowledged: a 4xx makes the sender's MTA
             # keep the mail and retry (a 5xx, aiosmtpd's default, would bounce it).
-            metrics.RECEIVED.labels(channel="smtp", outcome="tempfail").inc()
+            metrics.RECEIVED.labels(channel=self.channel, outcome="tempfail").inc()
             log.error("could not store mail; answered 451",
                       extra={"error": repr(exc)[:300], "storage": isinstance(exc, StorageError)})
             return "451 4.3.0 Mail not stored: local storage problem, please retry later"
         finally:
             self.in_flight -= 1
-        metrics.RECEIVED.labels(channel="smtp", outcome="stored").inc()
+        metrics.RECEIVED.labels(channel=self.channel, outcome="stored").inc()
         return f"250 2.0.0 OK queued as {inbound_id}"
 
 
@@ -157,15 +180,19 @@ def _peer(session: Session) -> str:
     peer = session.peer
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
-    return str(peer)
+    return str(peer) or "unix"  # a unix socket's client has no name
 
 
-def received_line(session: Session, envelope: Envelope, hostname: str) -> bytes:
-    """The `Received:` trace line this listener puts on top of every mail it accepts."""
+def received_line(session: Session, envelope: Envelope, hostname: str,
+                  protocol: str = "ESMTP") -> bytes:
+    """The `Received:` trace line this listener puts on top of every mail it accepts.
+
+    `protocol` is the RFC 3848 "with" type: ESMTP, ESMTPS (after STARTTLS) or LMTP.
+    """
     helo = "".join(ch for ch in (session.host_name or "unknown") if ch.isprintable())[:255]
-    ip = session.peer[0] if isinstance(session.peer, tuple) else "unknown"
+    where = f"[{session.peer[0]}]" if isinstance(session.peer, tuple) else "unix socket"
     rcpt = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
-    line = f"Received: from {helo} ([{ip}])\r\n\tby {hostname} (mailbridge) with ESMTP"
+    line = f"Received: from {helo} ({where})\r\n\tby {hostname} (mailbridge) with {protocol}"
     if rcpt:
         line += f"\r\n\tfor <{rcpt}>"
     line += f"; {format_datetime(utcnow())}\r\n"
@@ -248,11 +275,15 @@ class ListenerSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         type(self).live.add(self)
-        if self._peer_ip is None:  # not again on a STARTTLS upgrade
+        if self._peer_ip is not None:  # again after STARTTLS: the handshake is done
+            TLS_SESSIONS.labels(outcome="ok").inc()
+        else:
             peer = transport.get_extra_info("peername")
             self._peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
             count = self.peers.add(self._peer_ip)
-            self._over_peer_limit = count > self.limits.max_connections_per_peer
+            # A unix socket's clients have no address: they are the local MTA, one "peer".
+            self._over_peer_limit = bool(self._peer_ip) and \
+                count > self.limits.max_connections_per_peer
             cap = self.limits.max_connections
             self._over_limit = bool(cap) and len(type(self).live) > cap
             self._session_timer = asyncio.get_running_loop().call_later(
@@ -289,6 +320,15 @@ class ListenerSMTP(SMTP):
                                         "suppressed": suppressed})
         self._goodbye(answer.encode("ascii") + b"\r\n")
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS, with failed handshakes counted."""
+        try:
+            await super().smtp_STARTTLS(arg)
+        except Exception:
+            TLS_SESSIONS.labels(outcome="failed").inc()
+            raise
+
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA with the message collected in one bytearray, trace line first.
 
@@ -311,7 +351,9 @@ class ListenerSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        buffer = bytearray(received_line(self.session, self.envelope, self.hostname))
+        recipients = list(self.envelope.rcpt_tos)
+        buffer = bytearray(received_line(self.session, self.envelope, self.hostname,
+                                         self.trace_protocol))
         trace_length = len(buffer)
         limit = self.data_size_limit
         received = 0
@@ -349,9 +391,9 @@ class ListenerSMTP(SMTP):
         if not ended:  # the connection went away: a mail without its final dot is not stored
             return
         if too_long:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            await self.push_final("500 Line too long (see RFC5321 4.5.3.1.6)", recipients)
         elif too_much:
-            await self.push("552 Error: Too much mail data")
+            await self.push_final("552 Error: Too much mail data", recipients)
         if too_long or too_much:
             self._set_post_data_state()
             return
@@ -359,7 +401,16 @@ class ListenerSMTP(SMTP):
         del buffer
         status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else None
         self._set_post_data_state()
-        await self.push(status if isinstance(status, str) else "250 OK")
+        await self.push_final(status if isinstance(status, str) else "250 OK", recipients)
+
+    @property
+    def trace_protocol(self) -> str:
+        """The `with` word of our Received: line (RFC 3848)."""
+        return "ESMTPS" if self._tls_protocol is not None else "ESMTP"
+
+    async def push_final(self, status: str, recipients: list[str]) -> None:
+        """The answer after the final dot: one line for SMTP (see ListenerLMTP)."""
+        await self.push(status)
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command != "DATA":
@@ -400,27 +451,93 @@ class ListenerSMTP(SMTP):
             self.transport.close()
 
 
-def smtp_factory(handler: IntakeHandler, settings: Settings) -> Callable[[], ListenerSMTP]:
+_STATUS = re.compile(r"^(\d{3})(?: (\d\.\d{1,3}\.\d{1,3}))?(?: (.*))?$", re.S)
+
+
+class ListenerLMTP(ListenerSMTP, LMTP):
+    """LMTP (RFC 2033) on the same limits and the same store: aiosmtpd's LHLO (HELO and
+    EHLO are refused), and after the final dot one reply per accepted recipient.
+
+    The mail is stored once for all its recipients, so every recipient hears the same
+    outcome: 250 each once it is committed, 451 each when the store failed.
+    """
+
+    @property
+    def trace_protocol(self) -> str:
+        return "LMTP"
+
+    async def push_final(self, status: str, recipients: list[str]) -> None:
+        match = _STATUS.match(status)
+        code, enhanced, text = match.groups() if match else (status[:3], None, status[4:])
+        prefix = f"{code} {enhanced} " if enhanced else f"{code} "
+        for rcpt in recipients:
+            await self.push(f"{prefix}<{rcpt[:320]}> {text or ''}".rstrip())
+
+
+class ServerTls:
+    """The certificate the SMTP listener offers with STARTTLS, loaded again on SIGHUP.
+
+    A connection takes the context current when it opens; a reload that fails (missing
+    file, key not matching) is logged and leaves the old certificate in use.
+    """
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.context = self._load()
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def reload(self) -> bool:
+        try:
+            self.context = self._load()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("SMTP TLS certificate not reloaded; the previous one stays in use",
+                      extra={"cert": str(self.cert_file), "error": str(exc)[:300]})
+            return False
+        log.info("SMTP TLS certificate reloaded", extra={"cert": str(self.cert_file)})
+        return True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerTls | None:
+        if settings.smtp_tls_cert is None or settings.smtp_tls_key is None:
+            return None
+        return cls(settings.smtp_tls_cert, settings.smtp_tls_key)
+
+
+def smtp_factory(handler: IntakeHandler, settings: Settings, *,
+                 tls: ServerTls | None = None, lmtp: bool = False) -> Callable[[], ListenerSMTP]:
+    """Protocol factory of one listener: SMTP (STARTTLS when `tls`), or LMTP."""
     hostname = settings.hostname or "mailbridge.localdomain"
     limits = SessionLimits.from_settings(settings)
+    listener = "lmtp" if lmtp else "smtp"
+    base: type[ListenerSMTP] = ListenerLMTP if lmtp else ListenerSMTP
 
-    class _Bound(ListenerSMTP):
+    class _Bound(base):  # type: ignore[valid-type,misc]
         live: set[ListenerSMTP] = set()
         peers = PeerConnections()
 
     _Bound.limits = limits
-    OPEN.labels(listener="smtp").set_function(lambda: len(_Bound.live))
+    OPEN.labels(listener=listener).set_function(lambda: len(_Bound.live))
 
     def make() -> ListenerSMTP:
+        options: dict[str, Any] = {}
+        if tls is not None:
+            options = {"tls_context": tls.context, "require_starttls": settings.smtp_require_tls}
         return _Bound(
             handler,
             data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
-            ident="mailbridge ESMTP",
+            ident="mailbridge LMTP" if lmtp else "mailbridge ESMTP",
             timeout=limits.idle_timeout,
             command_call_limit=limits.command_limit,
+            **options,
         )
 
     make.live = _Bound.live  # type: ignore[attr-defined]

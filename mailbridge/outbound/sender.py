@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, UTCDateTime, utcnow
+from mailbridge.oauth import TokenError, relay_token_source, xoauth2_string
 from mailbridge.outbound.addresses import header_block_is_ascii
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, STATE_SENT, OutboxMail
 from mailbridge.settings import Settings, is_loopback_host
@@ -171,19 +172,42 @@ class RelayTransport:
             if self.security == "starttls":
                 client.starttls(context=self.tls_context())
                 client.ehlo()
-            if self.settings.relay_user and self.settings.relay_password:
+            if self.settings.relay_auth == "xoauth2" and self.settings.relay_user:
+                self._login_xoauth2(client)
+            elif self.settings.relay_user and self.settings.relay_password:
                 if self.security == "none" and not is_loopback_host(self.host):
                     raise smtplib.SMTPException("refusing to send the relay password over a "
                                                 "connection that is not encrypted")
                 client.login(
                     self.settings.relay_user, self.settings.relay_password.get_secret_value()
                 )
+        except TokenError as exc:
+            if client is not None:
+                client.close()
+            raise TransientFailure(f"relay {self.host}:{self.port}: {exc}",
+                                   relay_down=True) from exc
         except (OSError, smtplib.SMTPException) as exc:
             if client is not None:
                 client.close()
             raise TransientFailure(f"relay {self.host}:{self.port}: {exc}",
                                    relay_down=True) from exc
         self.client = client
+
+    def _login_xoauth2(self, client: smtplib.SMTP) -> None:
+        """AUTH XOAUTH2 with the relay's current access token (mailbridge/oauth.py)."""
+        if self.security == "none" and not is_loopback_host(self.host):
+            raise smtplib.SMTPException("refusing to send an OAuth token over a connection "
+                                        "that is not encrypted")
+        user = self.settings.relay_user or ""
+        source = relay_token_source(self.settings)
+        token = source.token()
+        try:
+            # On a refusal the server sends a 334 with its reason: the answer is empty.
+            client.auth("XOAUTH2", lambda challenge=None: "" if challenge is not None
+                        else xoauth2_string(user, token), initial_response_ok=True)
+        except smtplib.SMTPAuthenticationError:
+            source.invalidate()  # revoked or expired early: the next try gets a new one
+            raise
 
     def close(self) -> None:
         if self.client is not None:

@@ -30,7 +30,7 @@ FLOW_TARGET = "target"
 
 def envelope_sender_of(channel: str, mail_from: str) -> str | None:
     """MAIL FROM for SMTP ("" is the null sender); None where the channel has none."""
-    return mail_from.strip("<>") if channel == "smtp" else None
+    return mail_from.strip("<>") if channel in ("smtp", "lmtp") else None
 
 
 @dataclass

@@ -57,6 +57,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.smtp_port = 0
         self.http_port = 0
+        self.lmtp_where: Any = None  # [host, port] or a unix socket path
         self.log_path = data_dir / "daemon.log"
 
     def cli(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -98,6 +99,7 @@ class Daemon:
                 if data["pid"] == self.proc.pid:
                     self.smtp_port = data["smtp"][1]
                     self.http_port = data["http"][1]
+                    self.lmtp_where = data.get("lmtp")
                     return self
             time.sleep(0.05)
         raise AssertionError(f"daemon did not start in {timeout}s: {self.log_tail()}")
@@ -128,6 +130,14 @@ class Daemon:
 
     def smtp(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
+
+    def lmtp(self) -> smtplib.LMTP:
+        """A client for the LMTP listener (MAILBRIDGE_LMTP_LISTEN), TCP or unix socket."""
+        where = self.lmtp_where
+        assert where is not None, "the daemon has no LMTP listener"
+        if isinstance(where, str):
+            return smtplib.LMTP(where, timeout=30)
+        return smtplib.LMTP(where[0], where[1], timeout=30)
 
     def send(self, msg: EmailMessage, *, rcpt: list[str] | None = None) -> None:
         with self.smtp() as client:

@@ -171,6 +171,10 @@ class DovecotServer:
     port: int = 0
     tls_port: int = 0
     tls_files: TLSFiles | None = None
+    # OAuth2 (XOAUTH2/OAUTHBEARER) beside the password: tokens are checked at this RFC 7662
+    # introspection URL (client credentials in its userinfo), trusting this CA for it.
+    oauth2_introspection_url: str | None = None
+    oauth2_ca_file: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _owns_base: bool = field(default=True, repr=False)
 
@@ -259,10 +263,10 @@ first_valid_gid = {gid}
 last_valid_gid = {gid}
 {ssl_block}# plaintext auth is acceptable only because this server listens on the loopback
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.oauth2_introspection_url else ""}
 mail_location = maildir:~/Maildir
 mail_fsync = never
-passdb {{
+{self._oauth2_passdb()}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {passwd}
 }}
@@ -287,6 +291,28 @@ service stats {{
 }}
 """
         self.conf_path.write_text(conf)
+
+    def _oauth2_passdb(self) -> str:
+        """Dovecot's oauth2 passdb (doc.dovecot.org/2.3, "Open Authentication v2.0 database":
+        introspection_mode = post sends token=… to the URL, the answer's `active` must be
+        true and its `username` the login name). Without it: nothing."""
+        if not self.oauth2_introspection_url:
+            return ""
+        settings = self.base / "dovecot-oauth2.conf.ext"
+        lines = [
+            "introspection_mode = post",
+            f"introspection_url = {self.oauth2_introspection_url}",
+            "force_introspection = yes",
+            "username_attribute = username",
+            "active_attribute = active",
+            "active_value = true",
+        ]
+        if self.oauth2_ca_file is not None:
+            lines.append(f"tls_ca_cert_file = {self.oauth2_ca_file}")
+        settings.write_text("\n".join(lines) + "\n")
+        settings.chmod(0o600)
+        return (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {settings}\n}}\n")
 
     # -- lifecycle -----------------------------------------------------------
     def start(self, attempts: int = 3) -> DovecotServer:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
+import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass
@@ -20,6 +23,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    tls: bool = False  # came over TLS (STARTTLS or implicit)
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -53,10 +58,42 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    # AUTH XOAUTH2 (Google's and Microsoft's SASL mechanism, not in aiosmtpd): `xoauth2`
+    # says whether (user, token) may log in; every try is kept in `xoauth2_logins`.
+    xoauth2: Callable[[str, str], bool] | None = None
+    xoauth2_logins: list[tuple[str, bool]] = field(default_factory=list)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) > 1:
+            response = base64.b64decode(args[1])
+        else:
+            answer = await server.challenge_auth("", encode_to_b64=False)
+            if answer is MISSING:
+                return AuthResult(success=False, handled=True)
+            response = answer
+        fields = dict(part.split("=", 1) for part in response.decode("utf-8", "replace")
+                      .split("\x01") if "=" in part)
+        user = fields.get("user", "")
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        ok = self.xoauth2 is not None and bool(token) and self.xoauth2(user, token)
+        with self.lock:
+            self.xoauth2_logins.append((user, ok))
+        if ok:
+            return AuthResult(success=True, auth_data=user)
+        # RFC 7628-style failure: a 334 with the reason, the client's empty answer, 535.
+        reason = base64.b64encode(json.dumps({"status": "401", "schemes": "bearer"}).encode())
+        await server.challenge_auth(reason.decode(), encode_to_b64=False)
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Authentication credentials invalid")
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         with self.lock:
-            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), raw))
+            self.received.append(Received(
+                envelope.mail_from or "", list(envelope.rcpt_tos), raw,
+                tls=session.ssl is not None or (server.transport is not None
+                and server.transport.get_extra_info("sslcontext") is not None),
+                mail_options=list(envelope.mail_options)))
         return "250 OK"
 
 
@@ -65,17 +102,19 @@ class SmtpSink:
 
     `smtputf8`: offers SMTPUTF8 (RFC 6531); `starttls`: an SSL context to offer STARTTLS
     with; `implicit_tls`: an SSL context for TLS from the first byte (port 465 style);
-    `auth`: {user: password} it accepts (AUTH PLAIN/LOGIN, only over TLS).
+    `auth`: {user: password} it accepts (AUTH PLAIN/LOGIN, only over TLS); `xoauth2`:
+    whether (user, access token) may log in with AUTH XOAUTH2 (only over TLS).
     """
 
     def __init__(self, port: int = 0, *, smtputf8: bool = False,
                  starttls: ssl.SSLContext | None = None,
                  implicit_tls: ssl.SSLContext | None = None,
-                 auth: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
+                 auth: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 xoauth2: Callable[[str, str], bool] | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.port = 0
-        self.handler = _Handler()
+        self.handler = _Handler(xoauth2=xoauth2)
         self.smtputf8 = smtputf8
         self.starttls = starttls
         self.implicit_tls = implicit_tls
@@ -131,6 +170,12 @@ class SmtpSink:
         if self.auth is not None:
             options["authenticator"] = self._authenticate
             options["auth_require_tls"] = True
+        # A test may put its own handler in (tests/outbound/test_sender.py's _Relay).
+        xoauth2 = getattr(self.handler, "xoauth2", None)
+        excluded = [] if xoauth2 is not None else ["XOAUTH2"]
+        if xoauth2 is not None and self.auth is None:
+            excluded += ["LOGIN", "PLAIN"]
+        options["auth_exclude_mechanism"] = excluded
         return SMTP(self.handler, **options)
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,

@@ -267,6 +267,8 @@ class ImapPoller:
             self._secrets = [secret]
             connection.log_in(client, account, secret)
         except (CredentialError, LoginError) as exc:
+            if isinstance(exc, LoginError) and account.uses_oauth:
+                account.oauth_token_rejected()  # revoked or expired: a new one next time
             self._set_state(auth_failed=True)
             IMAP_AUTH_FAILED.labels(account.name).set(1)
             error = self._scrub(str(exc))
