@@ -294,8 +294,9 @@ def memory_phase(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def imap_skip_reason(tree: Path) -> str | None:
-    if not (tree / "mailbridge" / "intake" / "imap.py").exists():
-        return "mailbridge/intake/imap.py does not exist"
+    intake = tree / "mailbridge" / "intake"
+    if not (intake / "imap.py").exists() and not (intake / "imap" / "__init__.py").exists():
+        return "mailbridge/intake/imap (the IMAP poller) does not exist"
     dovecot_py = tree / "tests" / "support" / "dovecot.py"
     if not dovecot_py.exists() or "class DovecotServer" not in dovecot_py.read_text():
         return "tests/support/dovecot.py offers no DovecotServer fixture"

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailbridge.parse.template import FieldSpec
+from mailbridge.resources import data_dir
 from mailbridge.service_levels.clocks import PlanSLA
 from mailbridge.service_levels.config import ClosingConfig, EscalationConfig
 
@@ -203,7 +204,7 @@ ESCALATION_VALUE_SOURCES = frozenset({
     "case.priority", "case.priority_label", "case.severity", "escalated_by",
 })
 _TARGET_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
-_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+_TEMPLATES_DIR = data_dir("templates", "ack.txt.j2")
 
 
 class EscalationField(_Strict):

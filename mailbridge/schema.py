@@ -15,11 +15,12 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from mailbridge.db import make_engine
+from mailbridge.resources import data_dir
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+ALEMBIC_DIR = data_dir("alembic", "env.py")
 VERSIONS_DIR = ALEMBIC_DIR / "versions"
 VERSION_TABLE = "alembic_version"
 

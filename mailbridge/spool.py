@@ -1,7 +1,8 @@
 """The durable store between intake and processing: store, claim, finish, quarantine.
 
-Every channel (SMTP, IMAP, pipe) calls `store_inbound()`; its commit is the
-moment a message is safe, and only then does the channel acknowledge it.
+Every channel (SMTP, IMAP, pipe) calls `store_inbound()` (IMAP through
+`store_inbound_with()`, which commits its cursor with the mails); that commit is
+the moment a message is safe, and only then does the channel acknowledge it.
 The pipeline later claims rows in state `new` and finishes each one in the
 same transaction that writes the ticket, so a crash can neither lose a mail
 nor process it twice.
@@ -15,7 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -143,19 +144,80 @@ def store_inbound(db: Database, mails: Sequence[InboundMail]) -> list[int]:
     streamed: list[tuple[InboundRaw, bytes | bytearray]] = []
     try:
         with db.transaction() as session:
-            if db.is_sqlite:
-                streamed = _zeroblob_placeholders(mails)
-            session.add_all(mails)
-            session.flush()
-            _write_blobs(session, streamed)
+            _insert(session, mails, streamed, sqlite=db.is_sqlite)
             ids = [m.id for m in mails]
     except Exception as exc:
         log.error("spool store failed", extra={"error": repr(exc), "count": len(mails)})
         raise StorageError(str(exc)) from exc
     finally:
-        for row, data in streamed:  # the objects read as stored (or retry as they came)
-            set_committed_value(row, "raw", data)
+        _settle_streamed(streamed)
     return ids
+
+
+class ChannelBatch(Protocol):
+    """A channel's own bookkeeping, committed in the transaction that stores its mails.
+
+    IMAP's cursor is one: the UID it has read up to advances with the rows, so a
+    crash can neither skip a message nor store it twice.
+    """
+
+    def choose(self, session: Session) -> Sequence[InboundMail]:
+        """Before the insert: the mails to store (may lock, look up, skip)."""
+        ...
+
+    def record(self, session: Session, stored: Sequence[InboundMail]) -> None:
+        """After the insert, ids known: the channel's rows for what it took."""
+        ...
+
+
+def store_inbound_with(db: Database, batch: ChannelBatch) -> list[int]:
+    """Store what `batch.choose()` picks and `batch.record()`s, in ONE transaction.
+
+    An exception raised by the batch's own methods reaches the caller as it is;
+    a failure to write or commit the mails raises StorageError. Either way
+    nothing is stored, the mails nor the channel's rows.
+    """
+    streamed: list[tuple[InboundRaw, bytes | bytearray]] = []
+    mails: Sequence[InboundMail] = ()
+    spool_step = False  # whether a failure now is the spool's (then: StorageError)
+    try:
+        with db.transaction() as session:
+            mails = batch.choose(session)
+            spool_step = True
+            _insert(session, mails, streamed, sqlite=db.is_sqlite)
+            spool_step = False
+            batch.record(session, mails)
+            ids = [m.id for m in mails]
+            spool_step = True  # the commit, on leaving the block
+    except Exception as exc:
+        if not spool_step:
+            raise
+        log.error("spool store failed", extra={"error": repr(exc), "count": len(mails)})
+        raise StorageError(str(exc)) from exc
+    finally:
+        _settle_streamed(streamed)
+    return ids
+
+
+def _insert(
+    session: Session,
+    mails: Sequence[InboundMail],
+    streamed: list[tuple[InboundRaw, bytes | bytearray]],
+    *,
+    sqlite: bool,
+) -> None:
+    """Add and flush the mails (ids assigned); `streamed` gets what goes through blobs."""
+    if sqlite:
+        streamed.extend(_zeroblob_placeholders(mails))
+    session.add_all(mails)
+    session.flush()
+    _write_blobs(session, streamed)
+
+
+def _settle_streamed(streamed: list[tuple[InboundRaw, bytes | bytearray]]) -> None:
+    """The objects read as stored (or retry as they came)."""
+    for row, data in streamed:
+        set_committed_value(row, "raw", data)
 
 
 def _zeroblob_placeholders(mails: Sequence[InboundMail]) -> list[tuple[InboundRaw, Any]]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tests.support.daemon import opening_mail
+from tests.support.rules import quiet_desk_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,7 +114,7 @@ def test_children_leave_with_a_killed_parent(make_daemon) -> None:
 
 def test_sighup_reaches_the_pipeline_processes(make_daemon, sink, tmp_path) -> None:
     rules = tmp_path / "rules.yaml"
-    original = (REPO / "rules.yaml").read_text(encoding="utf-8")
+    original = quiet_desk_text()
     rules.write_text(original, encoding="utf-8")
     daemon = make_daemon(relay_port=sink.port, rules=str(rules), pipeline_processes="1").start()
     daemon.send(_opening(1))

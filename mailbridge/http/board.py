@@ -14,7 +14,6 @@ import hmac
 import logging
 import secrets
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -32,6 +31,7 @@ from mailbridge.http.api import read_body
 from mailbridge.http.auth import SESSION_COOKIE, Guard
 from mailbridge.http.chart import draw, figures
 from mailbridge.pipeline.changes import SETTABLE_STATUSES
+from mailbridge.resources import data_dir
 from mailbridge.service_levels.clocks import STATUS_LABELS_ES
 from mailbridge.status import quarantine_list
 from mailbridge.tickets.models import OPEN_STATUSES, Ticket
@@ -46,7 +46,7 @@ from mailbridge.views import get_ticket, ticket_json, ticket_summary
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "board"
+TEMPLATES = data_dir("templates", "ack.txt.j2") / "board"
 LOGIN_COOKIE = "mb_login"
 MAX_FORM = 256 * 1024
 OPEN_CASES_SHOWN = 500

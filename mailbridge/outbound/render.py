@@ -11,7 +11,6 @@ from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -19,8 +18,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from mailbridge.db import utcnow
 from mailbridge.outbound.addresses import needs_smtputf8, transport_form
 from mailbridge.parse.mime import clean_header_text
+from mailbridge.resources import data_dir
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+DEFAULT_TEMPLATES = data_dir("templates", "ack.txt.j2")
 
 
 @lru_cache(maxsize=4)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import codecs
 import email
 import email.parser
 import email.policy
@@ -19,8 +18,14 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
+from mailbridge.parse.charsets import CharsetHints, decode_part, decode_text, reencode_words
+from mailbridge.parse.senders import pick_sender
+
 if TYPE_CHECKING:
     import mailparser
+
+__all__ = ["ParsedAttachment", "ParsedMail", "clean_header_text", "decode_text", "message_ids",
+           "parse_mail", "safe_filename", "thread_headers"]
 
 log = logging.getLogger(__name__)
 # mail-parser logs every unhandled content type at WARNING; it is noise here.
@@ -119,15 +124,17 @@ def _headers_only(raw: bytes, defect: str) -> ParsedMail:
         except Exception:
             return []
 
+    defects = [defect]
     try:
-        from_name, from_addr = parseaddr(_decoded_header(message.get("From")))
+        from_name, from_addr = pick_sender([parseaddr(_decoded_header(message.get("From")))],
+                                           _first_from(message), defects)
     except Exception:
         from_name, from_addr = "", ""
     return ParsedMail(
         message=message,
         **thread_headers(message),
         subject=clean_header_text(_decoded_header(message.get("Subject"))),
-        from_addr=(from_addr or "").strip().lower(),
+        from_addr=from_addr,
         from_name=clean_header_text(from_name),
         to=addresses("To"),
         cc=addresses("Cc"),
@@ -135,7 +142,7 @@ def _headers_only(raw: bytes, defect: str) -> ParsedMail:
         date=None,
         text="",
         html=None,
-        defects=[defect],
+        defects=defects,
     )
 
 
@@ -170,9 +177,7 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     if plain is not None:
         return plain
     try:
-        import mailparser  # the unusual mail only: not loaded by an idle daemon
-
-        parsed = mailparser.parse_from_bytes(raw)
+        parsed = _mail_parser_class().from_bytes(raw)
         message = parsed.message
     except Exception as exc:  # mail-parser gives up on some broken input
         defects.append(f"mail-parser: {exc!r}")
@@ -199,6 +204,7 @@ def _parse_mail(raw: bytes) -> ParsedMail:
         html_parts = safe(lambda: parsed.text_html, [])
         date = safe(lambda: parsed.date, None)
         defects.extend(_flatten_defects(safe(lambda: parsed.defects, [])))
+        defects.extend(vars(parsed).get("mailbridge_defects", []))
     else:
         subject = clean_header_text(_decoded_header(message.get("Subject")))
         from_pairs = safe(lambda: [parseaddr(_decoded_header(message.get("From")))], [])
@@ -210,19 +216,6 @@ def _parse_mail(raw: bytes) -> ParsedMail:
         text_parts, html_parts = _bodies(message, defects)
         date = None
 
-    # mail-parser decodes an unknown or wrong charset as UTF-8 with replacement
-    # characters; decode those parts again, trying cp1252 before giving up.
-    if any("\ufffd" in part for part in [*text_parts, *html_parts]) and parsed is not None:
-        own_defects: list[str] = []
-        own_text, own_html = _bodies(message, own_defects)
-        if _replacements(own_text) + _replacements(own_html) < _replacements(
-            text_parts
-        ) + _replacements(html_parts):
-            text_parts, html_parts = own_text, own_html
-            defects.extend(own_defects)
-            defects.append("body text decoded again as UTF-8/cp1252")
-
-    from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
     html = "\n".join(html_parts) if html_parts else None
     text = "\n".join(text_parts)
     if not text.strip() and html:
@@ -232,11 +225,15 @@ def _parse_mail(raw: bytes) -> ParsedMail:
     attachments = _attachments(message, defects)
     if parsed is not None:
         attachments.extend(_recovered_attachments(parsed, attachments, defects))
+        subject, from_pairs = safe(lambda: _reencoded_headers(message, subject, from_pairs),
+                                   (subject, from_pairs))
+    from_name, from_addr = safe(lambda: pick_sender(from_pairs, _first_from(message), defects),
+                                ("", ""))
     return ParsedMail(
         message=message,
         **thread_headers(message),
         subject=subject,
-        from_addr=(from_addr or "").strip().lower(),
+        from_addr=from_addr,
         from_name=clean_header_text(from_name),
         to=_addresses(to_pairs),
         cc=_addresses(cc_pairs),
@@ -258,28 +255,80 @@ _ADDRESS_HEADERS = ("bcc", "cc", "delivered-to", "from", "reply-to", "to")
 _ONE_OF_EACH = ("subject", "from", "to", "cc", "reply-to", "date", "message-id")
 
 
-def _ascii_compatible(charset: str) -> bool:
-    """Charsets in which ASCII bytes are ASCII text (not UTF-16, UTF-7 …)."""
-    try:
-        name = codecs.lookup(charset).name
-    except LookupError:
-        return False
-    return name in ("utf-8", "ascii", "latin-1", "cp1252", "cp1250", "cp1251") \
-        or name.startswith("iso8859-")
+def _reencoded_headers(message: Message, subject: str, from_pairs: list[tuple[str, str]]
+                       ) -> tuple[str, list[tuple[str, str]]]:
+    """Subject and From read again where they have encoded words Python cannot decode.
+
+    mail-parser drops what such a word holds (an x-sjis or windows-31j subject, an
+    ISO-2022-JP word with NEC characters); `reencode_words` makes them UTF-8 words first.
+    Both readings call this with what they found, so they stay the same.
+    """
+    from mailparser.utils import decode_header_part, get_addresses
+
+    fixed = reencode_words(_raw_header(message, "subject"))
+    if fixed is not None:
+        subject = clean_header_text(decode_header_part(fixed).strip())
+    fixed = reencode_words(_raw_header(message, "from"))
+    if fixed is not None:
+        from_pairs = [("" if name == addr else name, addr)
+                      for name, addr in get_addresses(fixed, decode_names=True) if addr]
+    return subject, from_pairs
 
 
-def _decode_body(part: Message, cte: str) -> str | None:
-    """A body part's text as mail-parser decodes it; None where it would not be clean."""
-    charset = part.get_content_charset() or "utf-8"
-    if not _ascii_compatible(charset):
-        return None
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return None
+def _raw_header(message: Message, name: str) -> str | None:
+    value = message.get(name)
+    return None if value is None else str(value)
+
+
+def _first_from(message: Message) -> str:
+    """The first From header as written (what the sender salvage reads)."""
+    values = message.get_all("From", [])
+    return _decoded_header(values[0]) if values else ""
+
+
+def _mail_parser_class() -> type[mailparser.MailParser]:
+    """mail-parser's parser, with its body decoding replaced by ours (`decode_part`).
+
+    mail-parser returns a 7bit/8bit part as its wire text whenever that text is ASCII,
+    without applying the declared charset: right for ASCII-compatible charsets, wrong for
+    ISO-2022-JP/KR, UTF-7, HZ and UTF-16, whose text is all ASCII bytes (an ISO-2022-JP body
+    came out as its escape sequences). It also reads an unknown or failing charset as
+    UTF-8 with replacement characters. Its choice of which parts are bodies is kept; the
+    decoding is the one the plain path uses, so both readings agree. `_decode_body_payload`
+    is mail-parser's (4.x) own hook, not public API: tests/parse/test_charsets.py fails
+    loudly when it moves.
+    """
+    global _MAIL_PARSER
+    if _MAIL_PARSER is None:
+        import mailparser  # the unusual mail only: not loaded by an idle daemon
+
+        class MailParser(mailparser.MailParser):  # type: ignore[misc]
+            def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
+                own = vars(self)
+                payload = part._payload  # what mail-parser itself reads: no lossy get_payload()
+                cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+                if cte in ("", "7bit", "8bit") and isinstance(payload, str) \
+                        and not payload.isascii() and not _has_surrogates(payload):
+                    return payload  # a part parsed from text (a recovered epilogue): text
+                if "mailbridge_hints" not in own:
+                    own["mailbridge_hints"] = CharsetHints(self.message)
+                defects = own.setdefault("mailbridge_defects", [])
+                reported = defects if part.get_content_subtype() in ("plain", "html") else None
+                return decode_part(part, reported, own["mailbridge_hints"])
+
+        _MAIL_PARSER = MailParser
+    return _MAIL_PARSER
+
+
+_MAIL_PARSER: type[mailparser.MailParser] | None = None
+
+
+def _has_surrogates(text: str) -> bool:
     try:
-        return payload.decode(charset)
-    except (UnicodeError, LookupError):
-        return None
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # --- large messages: big base64 attachments are cut out before the stdlib parses the rest ---
@@ -428,9 +477,10 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
 
     None unless the mail is one where both readings are the same: no parsing defects,
     one of each main header, no attached messages or attachment containers, MIME
-    headers in ASCII, bodies in a known ASCII-compatible charset that decodes cleanly,
-    and none of the header diagnostics mail-parser would report (its helpers decide
-    those, so header values are decoded exactly as it decodes them).
+    headers in ASCII, transfer encodings the stdlib undoes (bodies in any charset: both
+    readings decode them with `decode_part`), and none of the header diagnostics
+    mail-parser would report (its helpers decide those, so header values are decoded
+    exactly as it decodes them).
     """
     from mailparser.dates import date_diagnostics, parse_mail_date
     from mailparser.utils import decode_header_part, get_addresses, receiveds_parsing
@@ -487,6 +537,8 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
 
     text_parts: list[str] = []
     html_parts: list[str] = []
+    defects: list[str] = []
+    hints = CharsetHints(message)
     for part in leaves:
         ctype = part.get_content_type()
         cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
@@ -503,7 +555,7 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
             if filename or disposition == "attachment" or subtype in "rtf" \
                     or (part.get("content-id") and subtype not in ("html", "plain")):
                 continue
-            if subtype in ("html", "plain") or _decode_body(part, cte) is None:
+            if subtype in ("html", "plain"):
                 return None
             continue
         if filename:
@@ -512,19 +564,18 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
             continue
         if disposition == "attachment":
             continue
-        body = _decode_body(part, cte)
-        if body is None:
-            return None
+        body = decode_part(part, defects, hints)
         if body:
             (html_parts if ctype == "text/html" else text_parts).append(body)
 
-    defects: list[str] = []
     attachments = _attachments(message, defects, decoded)
     if any(part.defects for part in leaves):
         return None  # base64 that decoded with defects: mail-parser may recover more
     from_pairs = [("" if name == addr else name, addr)
                   for name, addr in addresses.get("from", []) if addr]
-    from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
+    subject, from_pairs = _reencoded_headers(
+        message, clean_header_text(decode_header_part(subject_value).strip()), from_pairs)
+    from_name, from_addr = pick_sender(from_pairs, _first_from(message), defects)
     html = "\n".join(html_parts) if html_parts else None
     text = "\n".join(text_parts)
     if not text.strip() and html:
@@ -534,8 +585,8 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
     return ParsedMail(
         message=message,
         **thread_headers(message),
-        subject=clean_header_text(decode_header_part(subject_value).strip()),
-        from_addr=(from_addr or "").strip().lower(),
+        subject=subject,
+        from_addr=from_addr,
         from_name=clean_header_text(from_name),
         to=_addresses([(n, a) for n, a in addresses.get("to", []) if a]),
         cc=_addresses([(n, a) for n, a in addresses.get("cc", []) if a]),
@@ -546,10 +597,6 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
         attachments=attachments,
         defects=defects,
     )
-
-
-def _replacements(parts: list[str]) -> int:
-    return sum(part.count("\ufffd") for part in parts)
 
 
 def _flatten_defects(items: object) -> list[str]:
@@ -569,28 +616,10 @@ def _decoded_header(value: object) -> str:
     if value is None:
         return ""
     try:
-        return str(make_header(decode_header(str(value))))
+        text = str(value)
+        return str(make_header(decode_header(reencode_words(text) or text)))
     except Exception:
         return str(value)
-
-
-def decode_text(payload: bytes, charset: str | None, defects: list[str] | None = None) -> str:
-    """Bytes of a text part → str: the declared charset, else UTF-8, else cp1252."""
-    name = (charset or "").strip().strip("\"'").lower()
-    if name:
-        try:
-            codecs.lookup(name)
-            return payload.decode(name)
-        except LookupError:
-            if defects is not None:
-                defects.append(f"unknown charset {name!r}")
-        except (UnicodeDecodeError, ValueError):
-            if defects is not None:
-                defects.append(f"text does not decode as {name!r}")
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return payload.decode("cp1252", "replace")
 
 
 def _is_body(part: Message) -> bool:
@@ -623,9 +652,10 @@ def _leaf_parts(message: Message) -> list[Message]:
 
 
 def _bodies(message: Message, defects: list[str]) -> tuple[list[str], list[str]]:
-    """Text and HTML bodies decoded with the stdlib (fallback and charset recovery)."""
+    """Text and HTML bodies decoded with the stdlib (when mail-parser gave up)."""
     text_parts: list[str] = []
     html_parts: list[str] = []
+    hints = CharsetHints(message)
     try:
         leaves = _leaf_parts(message)
     except Exception as exc:
@@ -638,7 +668,7 @@ def _bodies(message: Message, defects: list[str]) -> tuple[list[str], list[str]]
             payload = part.get_payload(decode=True)
             if not isinstance(payload, bytes) or not payload:
                 continue
-            body = decode_text(payload, part.get_param("charset"), defects)  # type: ignore[arg-type]
+            body = decode_part(part, defects, hints)
             (html_parts if part.get_content_subtype() == "html" else text_parts).append(body)
         except Exception as exc:
             defects.append(f"body part: {exc!r}")

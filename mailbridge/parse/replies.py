@@ -102,7 +102,12 @@ def subject_words(subject_key: str, *, ignore: str | None = None) -> frozenset[s
 
 def close_subjects(a: frozenset[str], b: frozenset[str]) -> bool:
     """Whether two subjects name the same issue ("Fallan los reportes", "Falla en reportes"):
-    at least two meaningful words in common and most of them shared (Jaccard ≥ 0.6)."""
+    at least two meaningful words in common and most of them shared (Jaccard ≥ 0.6), and no
+    reference that tells them apart (INC1000 / INC1001, "enlace 1" / "enlace 2")."""
+    refs_a = {w for w in a if not w.isalpha()}
+    refs_b = {w for w in b if not w.isalpha()}
+    if refs_a and refs_b and refs_a != refs_b:
+        return False
     shared = len(a & b)
     return shared >= 2 and shared / len(a | b) >= 0.6
 

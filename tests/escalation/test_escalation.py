@@ -21,6 +21,7 @@ from mailbridge.settings import Settings
 from mailbridge.tickets.models import Ticket
 from tests.pipeline.helpers import REPO, case, deliver
 from tests.support.daemon import opening_mail
+from tests.support.rules import quiet_desk_text
 
 DEMO = (REPO / "rules.yaml").read_text(encoding="utf-8")
 
@@ -214,7 +215,7 @@ def test_a_closed_case_stops_reminders(db: Database, settings: Settings, rules: 
 def test_product_rule_asks_the_desk_for_missing_fields_then_staff_completes(
     db: Database, settings: Settings
 ) -> None:
-    text = DEMO.replace("    products: [INBOUND]\n    auto_escalate: {enabled: false}\n",
+    text = quiet_desk_text(DEMO).replace("    products: [INBOUND]\n    auto_escalate: {enabled: false}\n",
                         "    products: [INBOUND]\n    auto_escalate: {enabled: true}\n")
     rules = parse_rules(text)
     body = ("Explicación detallada del incidente: jperez no ingresa a INBOUND.\n"

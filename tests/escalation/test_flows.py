@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.pipeline.test_conversation import reply
 from tests.support.daemon import Daemon, opening_mail
+from tests.support.rules import quiet_desk_text
 from tests.support.sink import Received, SmtpSink
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,7 +267,7 @@ def test_hibot_flow(make_daemon, sink: SmtpSink) -> None:
 # -- Panda: the product rule escalates the opening, no answer → reminder, reply on the thread
 
 def test_panda_flow(make_daemon, sink: SmtpSink, tmp_path: Path) -> None:
-    rules = (REPO / "rules.yaml").read_text(encoding="utf-8")
+    rules = quiet_desk_text()
     marker = "    products: [EMAIL]\n    auto_escalate: {enabled: false}\n"
     assert marker in rules
     demo = tmp_path / "rules-auto.yaml"
