@@ -67,6 +67,23 @@ def login(driver, daemon: Daemon, token: str) -> None:  # type: ignore[no-untype
     driver.find_element(By.ID, "entrar").click()
 
 
+def wait_url(driver, url: str) -> None:  # type: ignore[no-untyped-def]
+    """A click that navigates returns before the next page is there: wait for it."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 15).until(expected_conditions.url_to_be(url))
+
+
+def wait_text(driver, element_id: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 15).until(
+        expected_conditions.text_to_be_present_in_element((By.ID, element_id), text))
+
+
 def post_form(daemon: Daemon, path: str, fields: dict[str, str], cookie: str) -> tuple[int, str]:
     """A form POST outside the browser (as another site's page would make one)."""
     from urllib.parse import urlencode
@@ -114,9 +131,9 @@ def test_the_desk_works_its_cases_on_the_board(make_daemon, relay, browser, tmp_
     driver.get(base + "/")
     assert driver.current_url == base + "/entrar"
     login(driver, daemon, "mbt_not-a-token")
-    assert "Ese token no es válido." in driver.page_source
+    wait_text(driver, "problem", "Ese token no es válido.")
     login(driver, daemon, writer)
-    assert driver.current_url == base + "/"
+    wait_url(driver, base + "/")
     cookie = driver.get_cookie("mb_session")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
@@ -140,7 +157,7 @@ def test_the_desk_works_its_cases_on_the_board(make_daemon, relay, browser, tmp_
 
     # The case page: its number, as the browser draws "Caso 1" (and not "Caso 7").
     row1.find_element(By.LINK_TEXT, "1").click()
-    assert driver.current_url == base + "/casos/1"
+    wait_url(driver, base + "/casos/1")
     number = driver.find_element(By.ID, "case-number")
     assert number.text == "Caso 1"
     shot = element_pixels(number)
@@ -162,6 +179,7 @@ def test_the_desk_works_its_cases_on_the_board(make_daemon, relay, browser, tmp_
     # A change through the form (the staff commands' rules), recorded with the token.
     Select(driver.find_element(By.ID, "new-status")).select_by_value("en_progreso")
     driver.find_element(By.ID, "apply-change").click()
+    wait_text(driver, "notice", "Estado cambiado")
     assert "Estado cambiado de «abierto» a «en_progreso»." in driver.find_element(
         By.ID, "notice").text
     assert driver.find_element(By.ID, "status").text == "en_progreso"
@@ -173,6 +191,7 @@ def test_the_desk_works_its_cases_on_the_board(make_daemon, relay, browser, tmp_
     driver.find_element(By.ID, "reply-name").send_keys("Carlos Ruiz")
     driver.find_element(By.ID, "reply-body").send_keys("Hola Ana, el servicio ya se restableció.")
     driver.find_element(By.ID, "send-reply").click()
+    wait_text(driver, "notice", "Respuesta")
     assert driver.find_element(By.ID, "notice").text == "Respuesta enviada al cliente."
     deadline = time.monotonic() + 15
     while not any(ANA in r.rcpt_tos and "ya se restableció" in r.message.get_body(
@@ -191,21 +210,24 @@ def test_the_desk_works_its_cases_on_the_board(make_daemon, relay, browser, tmp_
 
     # The quarantine, and a replay from it.
     driver.find_element(By.LINK_TEXT, "Cuarentena").click()
+    wait_url(driver, base + "/cuarentena")
     row = driver.find_element(By.ID, f"correo-{quarantined}")
     assert "RuntimeError: boom in a stage" in row.text
     row.find_element(By.TAG_NAME, "button").click()
+    wait_text(driver, "notice", "reprocesado")
     assert f"Correo {quarantined} reprocesado: ticket (caso 3)." == driver.find_element(
         By.ID, "notice").text
 
     # Logout ends the session: the old cookie opens nothing.
     driver.find_element(By.CSS_SELECTOR, "header form button").click()
-    assert driver.current_url == base + "/entrar"
+    wait_url(driver, base + "/entrar")
     status, _page = post_form(daemon, "/casos/1", {"action": "cambiar", "status": "cerrado"},
                               session)
     assert status == 303
 
     # A read-only token sees the board and its cases, without forms, and may not write.
     login(driver, daemon, reader)
+    wait_url(driver, base + "/")
     driver.get(base + "/casos/2")
     assert driver.find_element(By.ID, "case-number").text == "Caso 2"
     assert "gerencia (solo lectura)" in driver.find_element(By.TAG_NAME, "header").text
