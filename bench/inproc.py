@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
             import pstats
 
             profiler.disable()
-            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(250)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats(
+                os.environ.get("MAILBRIDGE_BENCH_SORT", "cumulative")).print_stats(250)
         with db.reader() as session:
             from sqlalchemy import text
 

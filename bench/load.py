@@ -184,7 +184,10 @@ class Tracker:
             self.outbound_ids[event.get("message_id", "")] += 1
             opening = self.by_mid.get(event.get("in_reply_to", ""))
             token = CASE_TOKEN.match(event.get("subject", ""))
-            if opening is None or opening.kind != "opening" or token is None:
+            # The desk's notices to its own people (staff_new_case …) thread on the
+            # customer's mail too, but are auto-generated: only an auto-reply is the ack.
+            if opening is None or opening.kind != "opening" or token is None \
+                    or event.get("auto_submitted", "auto-replied") != "auto-replied":
                 self.other_events.append(event)
                 return
             times = self.acks.setdefault(opening.message_id, [])

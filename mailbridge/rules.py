@@ -32,6 +32,12 @@ def _check_email(value: str) -> str:
     return value
 
 
+def _check_zone(value: str) -> str:
+    if value not in available_timezones():
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. America/Bogota)")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,12 +68,7 @@ class Desk(_Strict):
 
     _addr = field_validator("from_address")(_check_email)
 
-    @field_validator("timezone")
-    @classmethod
-    def _desk_zone(cls, value: str) -> str:
-        if value not in available_timezones():
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. America/Bogota)")
-        return value
+    _zone_name = field_validator("timezone")(_check_zone)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -162,12 +163,7 @@ class Tenant(_Strict):
 
     _exec = field_validator("executive")(_check_email)
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        if value not in available_timezones():
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. America/Bogota)")
-        return value
+    _zone_name = field_validator("timezone")(_check_zone)
 
     @property
     def zone(self) -> ZoneInfo:

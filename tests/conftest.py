@@ -13,6 +13,7 @@ from mailbridge.db import Database
 from mailbridge.rules import Rules, load_rules, parse_rules
 from mailbridge.schema import upgrade
 from mailbridge.settings import Settings
+from tests.support.corpus import corpus_dir  # noqa: F401  (tests import it from here)
 from tests.support.daemon import Daemon
 from tests.support.postgres import PostgresServer, postgres_available
 from tests.support.rules import DEMO_RULES, quiet_desk_text, write_quiet_desk
@@ -57,10 +58,6 @@ def postgres_server() -> Iterator[PostgresServer | None]:
 def database_url(postgres_server: PostgresServer | None) -> str | None:
     """A fresh database on the PostgreSQL server, or None for the SQLite default."""
     return postgres_server.create_database() if postgres_server is not None else None
-
-
-def corpus_dir() -> Path:
-    return Path(os.environ.get("MAILBRIDGE_CORPUS", REPO.parent / "shared" / "corpus"))
 
 
 @pytest.fixture

@@ -151,7 +151,8 @@ def may_be_copied(rules: Rules, ticket: Ticket, address: str) -> bool:
 
 def _deliverable(session: Session, rules: Rules, addresses: Sequence[str], *,
                  check_bounces: bool = True) -> list[str]:
-    """The addresses, each once, in order, without ours and without those that hard-bounced."""
+    """The addresses, each once, in order, without ours and without those that hard-bounced
+    (one query for them all)."""
     out: list[str] = []
     for address in addresses:
         address = address.strip()
@@ -160,10 +161,12 @@ def _deliverable(session: Session, rules: Rules, addresses: Sequence[str], *,
         if address.lower() in rules.own_addresses or rules.accepts_recipient(address):
             log.info("no desk mail to our own address", extra={"rcpt": address})
             continue
-        if check_bounces and session.execute(_HARD_BOUNCED, {"address": address}).scalar():
-            log.info("no desk mail to a hard-bounced address", extra={"rcpt": address})
-            continue
         out.append(address)
+    if check_bounces and out:
+        bounced = set(session.execute(_HARD_BOUNCED, {"addresses": out}).scalars())
+        for address in bounced:
+            log.info("no desk mail to a hard-bounced address", extra={"rcpt": address})
+        out = [a for a in out if a not in bounced]
     return out
 
 
@@ -203,8 +206,9 @@ def answer_allowed(session: Session, rules: Rules, address: str, kind: str,
 
 
 # Statements every mail runs, built once with bind parameters on the tables.
-_HARD_BOUNCED = select(AddressStatus.__table__.c.hard).where(
-    AddressStatus.__table__.c.address == bindparam("address"))
+_HARD_BOUNCED = select(AddressStatus.__table__.c.address).where(
+    AddressStatus.__table__.c.address.in_(bindparam("addresses", expanding=True)),
+    AddressStatus.__table__.c.hard.is_(True))
 _CASE_MESSAGE_IDS = (
     select(TicketMessage.__table__.c.message_id)
     .where(TicketMessage.__table__.c.ticket_id == bindparam("ticket_id"),

@@ -45,6 +45,9 @@ def new_message_id(domain: str, hint: str = "") -> str:
 
 def _address(text: str, name: str = "") -> Address:
     local, _, domain = transport_form(text).rpartition("@")
+    if len(local) > 1 and local.startswith('"') and local.endswith('"'):
+        # A quoted local part ("power quadrant system"@…): the header quotes it itself.
+        local = local[1:-1].replace('\\"', '"').replace("\\\\", "\\")
     return Address(display_name=clean_header_text(name), username=local, domain=domain)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from mailbridge.parse.ahead import ahead
 from mailbridge.parse.fieldvalues import fold
@@ -85,8 +86,10 @@ def _stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=8192)
 def subject_words(subject_key: str, *, ignore: str | None = None) -> frozenset[str]:
-    """The stems of a normalised subject's meaningful words; `ignore` (a tenant ID) out."""
+    """The stems of a normalised subject's meaningful words; `ignore` (a tenant ID) out.
+    Cached: every opening compares itself with the same open cases' subjects."""
     text = fold(subject_key)
     if ignore:
         text = text.replace(fold(ignore), " ")

@@ -81,3 +81,12 @@ def test_text_only_fast_path_is_byte_for_byte_the_email_package(monkeypatch) -> 
     for draft in drafts:
         body = render_module.template_env(None).get_template(draft.template).render(**draft.context)
         assert render_module._render_text_only(draft, body) == render_module._render_mime(draft, body)
+
+
+def test_a_quoted_local_part_is_written_once_quoted() -> None:
+    """A sender salvaged from a broken From ("x" <power quadrant system@…>, parse/senders.py)
+    is answered at the quoted address, not at a doubly quoted one."""
+    _mid, raw = render(_draft(to=['"power quadrant system"@example.com']))
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["To"] == '"power quadrant system"@example.com'
+    assert message["To"].addresses[0].username == "power quadrant system"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
-from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -14,29 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbridge.parse.bounces import BounceInfo, parse_bounce
+from tests.support.corpus import corpus, load
 
 MESSAGES = Path(__file__).resolve().parent.parent / "messages"
-
-
-def corpus_dir() -> Path:
-    default = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-    return Path(os.environ.get("MAILBRIDGE_CORPUS", default))
-
-
-def corpus(sub: str) -> Path:
-    path = corpus_dir() / sub
-    if not path.is_dir():
-        pytest.skip(f"shared corpus {path} is absent (set MAILBRIDGE_CORPUS to run it)")
-    return path
-
-
-def load(path: Path) -> Message:
-    raw = path.read_bytes()
-    if raw.startswith(b"From ") and b"\n" in raw:
-        raw = raw.split(b"\n", 1)[1]
-    if b"\r" in raw and b"\n" not in raw:
-        raw = raw.replace(b"\r", b"\n")
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -13,11 +12,12 @@ from mailbridge.parse.encryption import is_encrypted
 from mailbridge.parse.mime import parse_mail
 from mailbridge.parse.secrets import redact_secrets
 from mailbridge.parse.template import FieldSpec, extract_fields
+from tests.support.corpus import corpus_dir
 
 pytestmark = pytest.mark.corpus
 
 REPO = Path(__file__).resolve().parents[2]
-CORPUS = Path(os.environ.get("MAILBRIDGE_CORPUS", REPO.parent / "shared" / "corpus"))
+CORPUS = corpus_dir()
 SPECS = [
     FieldSpec(**item)
     for item in yaml.safe_load((Path(__file__).parent / "demo_fields.yaml").read_text("utf-8"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import json
-import os
 from email.message import Message
 from pathlib import Path
 
@@ -15,20 +14,9 @@ from hypothesis import strategies as st
 from mailbridge.parse.html import html_to_text
 from mailbridge.parse.mime import parse_mail
 from mailbridge.parse.quotes import parse_forwarded, signature_free, strip_quotes
+from tests.support.corpus import corpus, corpus_dir
 
 REPLIES = Path(__file__).resolve().parent.parent / "messages" / "replies"
-
-
-def corpus_dir() -> Path:
-    default = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-    return Path(os.environ.get("MAILBRIDGE_CORPUS", default))
-
-
-def corpus(sub: str) -> Path:
-    path = corpus_dir() / sub
-    if not path.is_dir():
-        pytest.skip(f"shared corpus {path} is absent (set MAILBRIDGE_CORPUS to run it)")
-    return path
 
 
 # --- our own fixtures: what the desk keeps from each client's reply ------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from mailbridge.pipeline import Pipeline
 from mailbridge.spool import new_inbound, store_inbound
-from tests.conftest import corpus_dir
+from tests.support.corpus import corpus_dir
 
 
 def _corpus_files() -> list[Path]:
