@@ -71,13 +71,14 @@ def _print_json(data: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mailbridge.intake.imap_config import ImapConfigError
+    from mailbridge.outbound.webhooks import WebhookConfigError
     from mailbridge.rules import RulesError
     from mailbridge.service import SchemaOutdated, run
 
     settings = _settings()
     try:
         return run(settings)
-    except (RulesError, ImapConfigError) as exc:
+    except (RulesError, ImapConfigError, WebhookConfigError) as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 78  # EX_CONFIG
@@ -225,6 +226,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                       f"{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
             return 78
         print(f"relay oauth: {oauth.provider}, {oauth.effective_grant} grant at {oauth.endpoint}")
+    from mailbridge.outbound.webhooks import WebhookConfigError, load_webhook_targets
+
+    try:
+        targets = load_webhook_targets(settings.webhooks, path=settings.webhooks_file)
+    except WebhookConfigError as exc:
+        for problem in exc.problems:
+            print(str(problem), file=sys.stderr)
+        return 78
+    unsigned = []
+    for target in targets:
+        try:
+            target.resolve_secret()
+        except ValueError as exc:
+            unsigned.append(str(exc))
+        print(f"webhook: {target.name}: {target.url} ({len(target.events)} events)")
+    for problem in unsigned:
+        print(f"environment: {problem}", file=sys.stderr)
+    if unsigned:
+        return 78
     for account in accounts:
         print(f"imap: {account.name}: {account.username}@{account.host}:{account.effective_port} "
               f"({account.security}), folder {account.folder} → {account.queue_address}"
@@ -306,6 +326,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, token in (report.get("oauth") or {}).items():
         print(f"oauth {name}: " + ("ok" if token["ok"] else
               f"RENEWAL FAILING since {token['failing_since']}: {token['last_error']}"))
+    hooks = report["webhooks"]
+    print(f"webhooks:        {hooks['pending']} pending (oldest "
+          f"{hooks['oldest_pending_seconds']} s), failed {hooks['failed']}")
+    for failure in hooks["recent_failures"]:
+        case = f"case {failure['case']}" if failure["case"] else "no case"
+        print(f"WEBHOOK FAILED: {failure['target']} {failure['event']} {failure['id']} ({case}) "
+              f"after {failure['attempts']} attempts: {failure['error']}")
+    return 0
+
+
+def cmd_api_token(args: argparse.Namespace) -> int:
+    """API tokens: `create NAME [--read-only]` prints the token once; `list`; `revoke NAME`."""
+    from mailbridge.tokens import TokenError, create_token, list_tokens, revoke_token
+
+    db = _db(_settings())
+    if args.token_command == "create":
+        try:
+            with db.transaction() as session:
+                token = create_token(session, args.name, read_only=args.read_only)
+        except TokenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 65
+        if args.json:
+            _print_json({"name": args.name, "read_only": args.read_only, "token": token})
+        else:
+            print(token)
+            print(f"token {args.name!r} ({'read-only' if args.read_only else 'read and write'})"
+                  ": shown only now, store it safely", file=sys.stderr)
+        return 0
+    if args.token_command == "list":
+        with db.reader() as session:
+            tokens = list_tokens(session)
+        if args.json:
+            _print_json(tokens)
+        else:
+            for t in tokens:
+                mode = "read-only" if t["read_only"] else "read-write"
+                print(f"{t['name']:<24} {mode:<10} created {t['created_at'][:19]}  "
+                      f"last used {(t['last_used_at'] or 'never')[:19]}")
+        return 0
+    with db.transaction() as session:
+        gone = revoke_token(session, args.name)
+    if not gone:
+        print(f"error: no token {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"token {args.name!r} revoked (its board sessions ended)")
     return 0
 
 
@@ -505,6 +571,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="queues, oldest unacknowledged mail, overdue acks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("api-token", help="tokens for the HTTP API and the board")
+    asub = p.add_subparsers(dest="token_command", required=True)
+    t = asub.add_parser("create", help="make a token and print it (once)")
+    t.add_argument("name", help="recorded on every write the token makes")
+    t.add_argument("--read-only", action="store_true", help="it may read, never write")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_api_token)
+    t = asub.add_parser("list", help="the tokens (never their value)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_api_token)
+    t = asub.add_parser("revoke", help="remove a token and end its board sessions")
+    t.add_argument("name")
+    t.set_defaults(func=cmd_api_token)
 
     p = sub.add_parser("quarantine", help="mail whose processing failed")
     qsub = p.add_subparsers(dest="quarantine_command", required=True)

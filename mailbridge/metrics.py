@@ -44,3 +44,14 @@ SLA_SWEEPS = Counter("mailbridge_sla_sweeps_total", "Scheduler sweeps run", ["ki
 
 INBOUND_WAITING = Gauge("mailbridge_inbound_waiting", "Stored mails not processed yet")
 INBOUND_OLDEST = Gauge("mailbridge_inbound_oldest_seconds", "Age of the oldest unprocessed mail")
+
+# Webhooks (outbound/webhook_sender.py): deliveries by target, and the queue at scrape time.
+WEBHOOK_DELIVERIES = Counter(
+    "mailbridge_webhook_deliveries_total", "Webhook delivery attempts by outcome",
+    ["target", "outcome"],
+)
+WEBHOOKS_PENDING = Gauge("mailbridge_webhooks_pending", "Webhook deliveries waiting", ["target"])
+WEBHOOKS_FAILED = Gauge(
+    "mailbridge_webhooks_failed", "Webhook deliveries that failed for good (kept for the "
+    "retention time)", ["target"],
+)

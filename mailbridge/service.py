@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 import mailbridge.models  # noqa: F401  (every table known: see Database)
 from mailbridge.db import Database
+from mailbridge.http import DeskTools, desk_routes
 from mailbridge.intake.imap import ImapPollers
 from mailbridge.intake.imap_config import load_imap_accounts
 from mailbridge.intake.smtp import IntakeHandler, ServerTls, SpoolWriter, smtp_factory
@@ -24,6 +25,8 @@ from mailbridge.memory import tune_malloc
 from mailbridge.oauth import REGISTRY as OAUTH_TOKENS
 from mailbridge.oauth import relay_token_source
 from mailbridge.outbound.sender import OutboxSender
+from mailbridge.outbound.webhook_sender import WebhookSender
+from mailbridge.outbound.webhooks import load_webhook_targets
 from mailbridge.pipeline import Pipeline, PipelineWorker
 from mailbridge.pipeline.processes import PipelineProcesses
 from mailbridge.rules import RulesHolder
@@ -32,6 +35,7 @@ from mailbridge.settings import Settings
 from mailbridge.sla.jobs import SlaScheduler
 from mailbridge.status import refresh_queue_gauges
 from mailbridge.systemd import notify, watchdog_interval
+from mailbridge.views import case_summary_by_id
 from mailbridge.web import HttpLimits, HttpServer
 
 log = logging.getLogger(__name__)
@@ -53,8 +57,14 @@ class Service:
                 f"the database schema is not at {behind}: run `mailbridge db upgrade` first"
             )
         self.sender = OutboxSender(self.db, settings)
+        # Webhooks (events written in the transactions, like mail), one thread per target.
+        self.webhooks = WebhookSender(
+            self.db, settings,
+            load_webhook_targets(settings.webhooks, path=settings.webhooks_file),
+            describe_case=case_summary_by_id,
+        )
         # SLA timers (APScheduler, jobs in this database): escalations, closing, late acks.
-        self.sla = SlaScheduler(self.db, settings, self.rules, on_outbox=self.sender.wakeup.set)
+        self.sla = SlaScheduler(self.db, settings, self.rules, on_outbox=self._outbox_written)
         accounts = load_imap_accounts(settings.imap_accounts, path=settings.imap_accounts_file)
         # OAuth2 tokens (relay, IMAP accounts): known from the start, so the renewer keeps
         # them fresh and a failing one is reported before any mail needs it.
@@ -66,7 +76,7 @@ class Service:
             account.token_source()
         self.imap = ImapPollers(accounts, self.db, on_stored=self._wake_worker)
         self.pipeline = Pipeline(
-            self.db, settings, self.rules, on_outbox=self.sender.wakeup.set,
+            self.db, settings, self.rules, on_outbox=self._outbox_written,
             on_imap_done=self.imap.wake if accounts else None,
             batch_size=settings.pipeline_batch,
         )
@@ -74,7 +84,7 @@ class Service:
         if settings.pipeline_processes:
             # Processing in child processes: this one keeps intake, sender and timers.
             self.worker = PipelineProcesses(
-                settings, settings.pipeline_processes, on_outbox=self.sender.wakeup.set,
+                settings, settings.pipeline_processes, on_outbox=self._outbox_written,
                 on_imap_done=self.imap.wake if accounts else None,
             )
         else:
@@ -85,6 +95,14 @@ class Service:
         # STARTTLS on the SMTP listener; the certificate is read again on SIGHUP.
         self.tls = ServerTls.from_settings(settings)
         self.http: HttpServer | None = None
+
+    def _outbox_written(self) -> None:
+        """A transaction queued mail or webhook events: both senders look now."""
+        self.sender.wakeup.set()
+        self.webhooks.wakeup.set()
+
+    def _replay(self, inbound_id: int) -> Any:
+        return self.pipeline.process(inbound_id)
 
     def _wake_worker(self) -> None:
         self.worker.wakeup.set()
@@ -137,10 +155,13 @@ class Service:
                 request_timeout=self.settings.http_timeout,
                 keepalive_timeout=self.settings.http_keepalive_timeout,
             ),
+            routes=desk_routes(DeskTools(self.db, self.settings, self.rules, self._outbox_written,
+                                         self._replay)),
         )
         await asyncio.to_thread(self.http.start)
         self.worker.start()
         self.sender.start()
+        self.webhooks.start()
         self.sla.start()
         if OAUTH_TOKENS.sources():
             OAUTH_TOKENS.start(self.settings.run_dir / "oauth.json")
@@ -227,6 +248,7 @@ class Service:
         await asyncio.to_thread(self.sender.stop, self.settings.drain_timeout)
         await asyncio.to_thread(OAUTH_TOKENS.stop)
         (self.settings.run_dir / "oauth.json").unlink(missing_ok=True)
+        await asyncio.to_thread(self.webhooks.stop, self.settings.drain_timeout)
         if self.http is not None:
             await asyncio.to_thread(self.http.stop)
         self.db.dispose()

@@ -175,6 +175,24 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="seconds before retrying a failed token renewal (doubling)"
     )
     oauth_retry_max: float = Field(default=300.0, gt=0, description="longest such wait")
+    # The desk's tools (README "API, webhooks and the board"): signed webhooks and the board.
+    webhooks: str | None = Field(
+        default=None, description="JSON list of webhook targets (README: Webhooks)"
+    )
+    webhooks_file: Path | None = Field(default=None, description="YAML/JSON webhooks file")
+    webhook_timeout: float = Field(default=10.0, gt=0, description="seconds one POST may take")
+    webhook_retry_base: float = Field(default=10.0, gt=0, description="first retry delay, s")
+    webhook_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, s")
+    webhook_retry_for: float = Field(
+        default=86400.0, gt=0,
+        description="seconds an event is retried for a target; then it is marked failed",
+    )
+    webhook_retention: float = Field(
+        default=7 * 86400.0, gt=0, description="seconds finished webhook events are kept"
+    )
+    board_session_hours: float = Field(
+        default=12.0, gt=0, description="hours a board login lasts"
+    )
 
     @field_validator("relay", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -305,8 +305,10 @@ def claim(session: Session, inbound_id: int) -> InboundMail | None:
     ).first()
 
 
-def quarantine(db: Database, inbound_id: int, *, stage: str, error: str) -> None:
-    """Keep a mail whose processing raised, with the stage and traceback."""
+def quarantine(db: Database, inbound_id: int, *, stage: str, error: str,
+               then: Callable[[Session, InboundMail], None] | None = None) -> None:
+    """Keep a mail whose processing raised, with the stage and traceback; `then` runs in
+    the same transaction (the webhook event of outbound/webhooks.py)."""
     with db.transaction() as session:
         mail = session.get(InboundMail, inbound_id)
         if mail is None:
@@ -316,6 +318,8 @@ def quarantine(db: Database, inbound_id: int, *, stage: str, error: str) -> None
         mail.error = error
         mail.attempts += 1
         mail.processed_at = utcnow()
+        if then is not None:
+            then(session, mail)
 
 
 def release_for_replay(db: Database, inbound_id: int) -> bool:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
+from mailbridge.outbound.webhooks import webhook_report
 from mailbridge.sla.cases import acks_sent_late, sla_status
 from mailbridge.spool import STATE_NEW, STATE_QUARANTINED, InboundMail
 from mailbridge.tickets.models import Ticket
@@ -107,6 +108,8 @@ def status_report(session: Session) -> dict[str, Any]:
         },
         # Response clocks past or near their target, cases awaiting confirmation, timers.
         "sla": sla_status(session, now),
+        # Webhook deliveries by target; those that failed for good, with their reason.
+        "webhooks": webhook_report(session, now),
     }
 
 
@@ -149,3 +152,8 @@ def refresh_queue_gauges(db: Database) -> None:
     metrics.INBOUND_WAITING.set(report["inbound"]["waiting"] or 0)
     metrics.INBOUND_OLDEST.set(report["inbound"]["oldest_waiting_seconds"] or 0)
     metrics.ACKS_LATE.set(len(report["acks"]["overdue"]))
+    metrics.WEBHOOKS_PENDING.clear()
+    metrics.WEBHOOKS_FAILED.clear()
+    for target, states in report["webhooks"]["by_target"].items():
+        metrics.WEBHOOKS_PENDING.labels(target=target).set(states["pending"])
+        metrics.WEBHOOKS_FAILED.labels(target=target).set(states["failed"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from mailbridge.db import utcnow
@@ -114,6 +114,24 @@ def list_tickets(
 ) -> list[Ticket]:
     """Cases, newest first, filtered by what a desk sorts its work by."""
     stmt = select(Ticket).order_by(Ticket.number.desc()).limit(limit).offset(offset)
+    return list(session.scalars(_filtered(stmt, status=status, tenant_id=tenant_id, owner=owner,
+                                          queue=queue, priority=priority, sla_state=sla_state)))
+
+
+def count_tickets(
+    session: Session, *, status: str | None = None, tenant_id: str | None = None,
+    owner: str | None = None, queue: str | None = None, priority: str | None = None,
+    sla_state: str | None = None,
+) -> int:
+    """How many cases `list_tickets` would find with no limit (the API's `total`)."""
+    stmt = select(func.count(Ticket.id))
+    return int(session.scalar(_filtered(stmt, status=status, tenant_id=tenant_id, owner=owner,
+                                        queue=queue, priority=priority,
+                                        sla_state=sla_state)) or 0)
+
+
+def _filtered(stmt: Any, *, status: str | None, tenant_id: str | None, owner: str | None,
+              queue: str | None, priority: str | None, sla_state: str | None) -> Any:
     if status:
         stmt = stmt.where(Ticket.status == status)
     if tenant_id:
@@ -127,4 +145,10 @@ def list_tickets(
         stmt = stmt.where(Ticket.priority == priority.upper())
     if sla_state:
         stmt = stmt.where(clock_state_is(sla_state, utcnow()))
-    return list(session.scalars(stmt))
+    return stmt
+
+
+def case_summary_by_id(session: Session, ticket_id: int) -> dict[str, Any] | None:
+    """The case summary of a case by its row id (what webhooks carry as `case`)."""
+    ticket = session.get(Ticket, ticket_id)
+    return ticket_summary(ticket) if ticket is not None else None

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailbridge.parse.replies import StaffCommand
+from mailbridge.pipeline.changes import ADDRESS_RE as _ADDRESS_RE
+from mailbridge.pipeline.changes import SETTABLE_STATUSES, set_owner, set_priority, set_status
 from mailbridge.pipeline.context import MailContext
-from mailbridge.pipeline.desk import take_ownership
-from mailbridge.pipeline.lifecycle import end_wait, request_confirmation, start_wait
-from mailbridge.tickets.models import (
-    STATUS_CLOSED,
-    STATUS_IN_PROGRESS,
-    STATUS_OPEN,
-    STATUS_RESOLVED,
-    STATUS_WAITING,
-    Ticket,
-    TicketEvent,
-)
+from mailbridge.pipeline.mailing import answering
+from mailbridge.tickets.models import Ticket, TicketEvent
 
-SETTABLE_STATUSES = {
-    "abierto": STATUS_OPEN,
-    "en_progreso": STATUS_IN_PROGRESS,
-    "en-progreso": STATUS_IN_PROGRESS,
-    "progreso": STATUS_IN_PROGRESS,
-    "resuelto": STATUS_RESOLVED,
-    "cerrado": STATUS_CLOSED,
-    "esperando_cliente": STATUS_WAITING,
-    "esperando-cliente": STATUS_WAITING,
-    "esperando": STATUS_WAITING,
-}
+__all__ = ["COMMANDS", "SETTABLE_STATUSES", "CommandResult", "apply_commands", "command_help"]
 
 
 @dataclass(frozen=True)
@@ -44,50 +26,15 @@ Handler = Callable[[MailContext, Ticket, StaffCommand], CommandResult]
 
 
 def _estado(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
-    wanted = SETTABLE_STATUSES.get((cmd.args[0] if cmd.args else "").casefold())
-    if wanted is None:
-        return CommandResult(cmd.line, False, "estado desconocido; use: "
-                             + ", ".join(sorted({*SETTABLE_STATUSES.values()})))
-    old = ticket.status
-    ticket.status = wanted
-    if wanted == STATUS_CLOSED:
-        ticket.closed_at = ctx.now
-    if wanted == STATUS_WAITING and old != STATUS_WAITING:
-        start_wait(ctx, ticket)
-    elif wanted != STATUS_WAITING and old == STATUS_WAITING:
-        end_wait(ctx, ticket)
-    if wanted == STATUS_WAITING:
-        ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now,
-                                    data={"from": old, "to": wanted, "by": ctx.sender}))
-        return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»; el "
-                             "plazo de respuesta queda en pausa y, si el cliente no contesta, "
-                             "se le recordará y el caso se cerrará como dice la regla de cierre")
-    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now,
-                                data={"from": old, "to": wanted, "by": ctx.sender}))
-    if wanted == STATUS_RESOLVED and old != STATUS_RESOLVED:
-        # Seed 003: the customer is asked to confirm; the scheduler follows up and closes.
-        request_confirmation(ctx, ticket)
-        return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»; "
-                             "se pidió al cliente que confirme la solución")
-    return CommandResult(cmd.line, True, f"estado cambiado de «{old}» a «{wanted}»")
+    change = set_status(ctx.session, ctx.rules, ticket, cmd.args[0] if cmd.args else "",
+                        by=ctx.sender, now=ctx.now)
+    return CommandResult(cmd.line, change.ok, change.message)
 
 
 def _prioridad(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
-    wanted = (cmd.args[0] if cmd.args else "").upper()
-    if wanted not in ctx.rules.priorities:
-        return CommandResult(cmd.line, False, "prioridad desconocida; use A, B o C")
-    old = ticket.priority
-    ticket.priority = wanted
-    ticket.severity = ctx.rules.priorities[wanted].severity  # type: ignore[index]
-    if ticket.first_response_at is None:
-        # The response clock still runs: its target follows the new severity.
-        from mailbridge.sla.cases import start_response_clock
-
-        start_response_clock(ticket, ctx.rules, ctx.rules.tenant(ticket.tenant_id),
-                             ticket.created_at)
-    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="priority", at=ctx.now,
-                                data={"from": old, "to": wanted, "by": ctx.sender}))
-    return CommandResult(cmd.line, True, f"prioridad cambiada de {old} a {wanted}")
+    change = set_priority(ctx.session, ctx.rules, ticket, cmd.args[0] if cmd.args else "",
+                          by=ctx.sender, now=ctx.now)
+    return CommandResult(cmd.line, change.ok, change.message)
 
 
 def _escalar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
@@ -128,23 +75,10 @@ _ME = {"yo", "me", "mi", "mí"}
 def _asignar(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:
     """«#asignar persona@mesa.example» or «#asignar yo»: the case's owner (staff only)."""
     wanted = (cmd.args[0] if cmd.args else "").strip("<>,;").lower()
-    owner = ctx.sender if wanted in _ME else wanted
-    if not owner or not _ADDRESS_RE.match(owner):
-        return CommandResult(cmd.line, False, "indique a quién: «#asignar persona@dominio» o "
-                             "«#asignar yo»")
-    if not ctx.rules.is_staff(owner):
-        domains = ", ".join(ctx.rules.desk.staff_domains)
-        return CommandResult(cmd.line, False, f"{owner} no es de la mesa ({domains}): el "
-                             "propietario de un caso es alguien de la mesa")
-    if ticket.owner == owner:
-        return CommandResult(cmd.line, True, f"{owner} ya es el propietario del caso")
-    previous = ticket.owner
-    take_ownership(ctx, ticket, owner, why="assigned")
-    before = f" (antes {previous})" if previous else ""
-    return CommandResult(cmd.line, True, f"propietario del caso: {owner}{before}")
-
-
-_ADDRESS_RE = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+    change = set_owner(ctx.session, ctx.rules, ticket, ctx.sender if wanted in _ME else wanted,
+                       by=ctx.sender, now=ctx.now, by_name=ctx.mail.from_name or ctx.sender,
+                       answering=answering(ctx))
+    return CommandResult(cmd.line, change.ok, change.message)
 
 
 def _cc(ctx: MailContext, ticket: Ticket, cmd: StaffCommand) -> CommandResult:

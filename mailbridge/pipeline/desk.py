@@ -17,10 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailbridge import metrics
 from mailbridge.outbound.compose import AUTO_GENERATED, Mail, case_staff, compose
+from mailbridge.pipeline.changes import record_owner
 from mailbridge.pipeline.context import MailContext
 from mailbridge.pipeline.mailing import answering
 from mailbridge.service_levels.policy import format_when_es
-from mailbridge.tickets.models import Ticket, TicketEvent
+from mailbridge.tickets.models import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,5 @@ def _shown(value: Any) -> str:
 def take_ownership(ctx: MailContext, ticket: Ticket, owner: str, *, why: str) -> None:
     """The case gets an owner: the first staff member who answers, or whom «#asignar» names
     (told when it is someone else)."""
-    previous = ticket.owner
-    ticket.owner = owner
-    ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="owner", at=ctx.now, data={
-        "from": previous, "to": owner, "by": ctx.sender, "why": why}))
-    if owner.lower() != ctx.sender.lower():
-        tell_staff(ctx, ticket, kind="staff_assigned", template="staff_case_change.txt.j2",
-                   to=[owner], unreached_only=False, context={"change": "assigned",
-                                        "assigned_by": ctx.mail.from_name or ctx.sender})
+    record_owner(ctx.session, ctx.rules, ticket, owner, by=ctx.sender, now=ctx.now, why=why,
+                 by_name=ctx.mail.from_name or ctx.sender, answering=answering(ctx))

@@ -3,11 +3,12 @@ the case reopened, the wait on the customer begun and ended."""
 
 from __future__ import annotations
 
+from mailbridge.outbound.webhooks import emit_event
+from mailbridge.pipeline import changes
 from mailbridge.pipeline.context import MailContext, Outcome
 from mailbridge.pipeline.desk import tell_staff
-from mailbridge.sla.cases import pause_response_clock, resume_response_clock, start_response_clock
-from mailbridge.sla.closing import ACTION_CLOSING_ATTEMPT, close_case, send_attempt
-from mailbridge.sla.escalation import next_seq
+from mailbridge.sla.cases import start_response_clock
+from mailbridge.sla.closing import close_case
 from mailbridge.tickets.models import (
     STATUS_IN_PROGRESS,
     STATUS_INCOMPLETE,
@@ -22,26 +23,9 @@ from mailbridge.tickets.models import (
 CLOSABLE_BY_CUSTOMER = (STATUS_OPEN, STATUS_IN_PROGRESS, STATUS_INCOMPLETE, STATUS_WAITING)
 
 
-def request_confirmation(ctx: MailContext, ticket: Ticket) -> None:
-    """Staff set «resuelto»: ask the customer to confirm (closing attempt 1)."""
-    seq = next_seq(ctx.session, ticket.id, ACTION_CLOSING_ATTEMPT)
-    ticket.resolved_at = ctx.now
-    end_wait(ctx, ticket)
-    send_attempt(ctx.session, ctx.rules, ticket, now=ctx.now, number=1, seq=seq,
-                 first_pending_at=ctx.now, template="closing_request.txt.j2",
-                 kind="closing_request")
-
-
-def start_wait(ctx: MailContext, ticket: Ticket) -> None:
-    """Staff set «esperando_cliente»: the customer is chased from now, the clock pauses."""
-    ticket.waiting_since = ctx.now
-    pause_response_clock(ticket, ctx.now)
-
-
 def end_wait(ctx: MailContext, ticket: Ticket) -> None:
     """The wait on the customer is over (they answered, or staff moved the case on)."""
-    resume_response_clock(ticket, ctx.rules, ctx.now)
-    ticket.waiting_since = None
+    changes.end_wait(ctx.rules, ticket, ctx.now)
 
 
 def customer_wrote(ctx: MailContext, ticket: Ticket) -> tuple[Outcome | None, bool]:
@@ -65,6 +49,8 @@ def customer_wrote(ctx: MailContext, ticket: Ticket) -> tuple[Outcome | None, bo
         ticket.status = STATUS_OPEN
         ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="status", at=ctx.now, data={
             "from": STATUS_WAITING, "to": STATUS_OPEN, "by": ctx.sender, "why": "answered"}))
+        emit_event(ctx.session, "case.updated", ticket, at=ctx.now, by=ctx.sender, changes={
+            "status": {"from": STATUS_WAITING, "to": STATUS_OPEN}})
         end_wait(ctx, ticket)
     elif ticket.waiting_since is not None:
         # Missing fields still missing: the count of contact attempts starts again.
@@ -82,6 +68,8 @@ def reopen(ctx: MailContext, ticket: Ticket) -> None:
     start_response_clock(ticket, ctx.rules, ctx.rules.tenant(ticket.tenant_id), ctx.now)
     ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="reopened", at=ctx.now,
                                 data={"by": ctx.sender, "from": STATUS_RESOLVED}))
+    emit_event(ctx.session, "case.updated", ticket, at=ctx.now, by=ctx.sender, changes={
+        "status": {"from": STATUS_RESOLVED, "to": STATUS_OPEN}})
     tell_staff(ctx, ticket, kind="staff_reopened", template="staff_case_change.txt.j2",
                context={"change": "reopened"})
 

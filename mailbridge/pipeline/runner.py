@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
+from mailbridge.outbound.webhooks import emit_quarantined
 from mailbridge.parse.ahead import Ahead
 from mailbridge.parse.mime import ParsedMail, parse_mail
 from mailbridge.pipeline.context import (
@@ -143,7 +144,7 @@ class Pipeline:
         except IntegrityError as exc:
             # Not a race after all: the mail itself conflicts. Keep it, say why.
             detail = "".join(traceback.format_exception(exc))
-            quarantine(self.db, inbound_id, stage="store", error=detail)
+            quarantine(self.db, inbound_id, stage="store", error=detail, then=emit_quarantined)
             metrics.PROCESSED.labels(outcome="quarantined").inc()
             return ProcessResult(inbound_id, "quarantined")
 
@@ -238,7 +239,7 @@ class Pipeline:
 
     def _quarantined(self, inbound_id: int, exc: StageError) -> ProcessResult:
         detail = "".join(traceback.format_exception(exc.error))
-        quarantine(self.db, inbound_id, stage=exc.stage, error=detail)
+        quarantine(self.db, inbound_id, stage=exc.stage, error=detail, then=emit_quarantined)
         log.error(
             "mail quarantined",
             extra={"inbound_id": inbound_id, "stage": exc.stage, "error": repr(exc.error)},

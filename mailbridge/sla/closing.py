@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from mailbridge import metrics
 from mailbridge.db import Database
 from mailbridge.outbound.compose import Mail, compose
+from mailbridge.outbound.webhooks import emit_event
 from mailbridge.rules import Rules, Tenant
 from mailbridge.service_levels.policy import auto_close_at, format_when_es
 from mailbridge.sla.cases import last_customer_message_at, tenant_calendar
@@ -135,6 +136,7 @@ def close_case(
     ), now=now)
     session.add(TicketEvent(ticket_id=ticket.id, kind="closed", at=now,
                             data={"reason": reason, "by": by, "attempts": attempts}))
+    emit_event(session, "case.closed", ticket, at=now, reason=reason, by=by)
     metrics.CASES_CLOSED.labels(reason=reason).inc()
     log.info("case closed", extra={"case": ticket.number, "reason": reason})
     return True

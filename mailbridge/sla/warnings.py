@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge.db import Database
 from mailbridge.outbound.compose import AUTO_GENERATED, Mail, case_staff, compose
+from mailbridge.outbound.webhooks import emit_event
 from mailbridge.rules import Rules
 from mailbridge.service_levels.policy import format_when_es
 from mailbridge.sla.escalation import claim_action
@@ -97,6 +98,7 @@ def _tell(session: Session, rules: Rules, ticket: Ticket, kind: str, now: dateti
     session.add(TicketEvent(ticket_id=ticket.id, kind="sla_warning", at=now, data={
         "warning": "at_risk" if kind == ACTION_AT_RISK else "breached",
         "due_at": due.isoformat(), "told": people}))
+    emit_event(session, f"case.{kind}", ticket, at=now, due_at=due, told=people)
     log.warning("response clock " + ("at risk" if kind == ACTION_AT_RISK else "broken"),
                 extra={"case": ticket.number, "due_at": due.isoformat(), "told": people})
     if not people:

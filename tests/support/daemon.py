@@ -239,3 +239,26 @@ def opening_mail(
         msg[name.replace("_", "-")] = value
     msg.set_content(body)
     return msg
+
+
+def http_request(daemon: Daemon, method: str, path: str, body: Any = None, *,
+                 token: str | None = None, headers: dict[str, str] | None = None,
+                 raw: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
+    """One HTTP request to the daemon: (status, the JSON body or the bytes, headers)."""
+    sent = dict(headers or {})
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}",
+                                     data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            status, payload, got = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, payload, got = exc.code, exc.read(), dict(exc.headers)
+    if got.get("content-type", got.get("Content-Type", "")).startswith("application/json"):
+        return status, json.loads(payload), got
+    return status, payload, got

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from mailbridge.outbound.webhooks import emit_event
 from mailbridge.parse.replies import normalise_subject
 from mailbridge.pipeline.cases import (
     add_event,
@@ -13,6 +14,7 @@ from mailbridge.pipeline.cases import (
     record_secrets,
     take_copies,
 )
+from mailbridge.pipeline.changes import relay_staff_answer, staff_answered
 from mailbridge.pipeline.commands import apply_commands, command_help
 from mailbridge.pipeline.context import (
     FLOW_CASE,
@@ -21,16 +23,15 @@ from mailbridge.pipeline.context import (
     MailContext,
     Outcome,
 )
-from mailbridge.pipeline.desk import take_ownership, tell_of_follow_up, tell_queue_of_new_case
+from mailbridge.pipeline.desk import tell_of_follow_up, tell_queue_of_new_case
 from mailbridge.pipeline.lifecycle import customer_wrote
-from mailbridge.pipeline.mailing import queue_auto_reply, queue_case_update
+from mailbridge.pipeline.mailing import answering, queue_auto_reply, queue_case_update
 from mailbridge.sla.cases import start_response_clock
 from mailbridge.tickets.models import (
     STATUS_CLOSED,
     STATUS_INCOMPLETE,
     STATUS_OPEN,
     Ticket,
-    TicketEvent,
 )
 from mailbridge.tickets.numbering import next_case_number
 
@@ -91,6 +92,7 @@ class Apply:
             "priority": priority, "tenant_id": ctx.tenant_id, "inbound_id": ctx.inbound.id,
         })
         record_secrets(ctx, ticket)
+        emit_event(ctx.session, "case.created", ticket, at=ctx.now)
         level = ctx.rules.priorities[ticket.priority]  # type: ignore[index]
         queue_auto_reply(
             ctx, template="ack.txt.j2", kind="ack", ticket=ticket, cc=ticket.cc,
@@ -115,6 +117,7 @@ class Apply:
         take_copies(ctx, ticket)
         add_event(ctx, ticket.id, "look_alike_linked",
                    {"sender": ctx.sender, "message_id": ctx.mail.message_id})
+        emit_event(ctx.session, "case.message", ticket, sender=ctx.sender, role=ctx.sender_role)
         queue_auto_reply(ctx, template="look_alike.txt.j2", kind="look_alike", ticket=ticket,
                          context={"subject": ctx.mail.subject})
         tell_of_follow_up(ctx, ticket, what="look_alike")
@@ -123,6 +126,7 @@ class Apply:
     # -- a message on an existing case -------------------------------------------
     def _add_to_case(self, ctx: MailContext, ticket: Ticket) -> Outcome:
         record_message(ctx, ticket)
+        emit_event(ctx.session, "case.message", ticket, sender=ctx.sender, role=ctx.sender_role)
         ticket.updated_at = ctx.now
         take_copies(ctx, ticket)
         record_secrets(ctx, ticket)
@@ -145,13 +149,9 @@ class Apply:
         return Outcome("reply", f"case {ticket.number} by {ctx.threaded_by}")
 
     def _staff_reply(self, ctx: MailContext, ticket: Ticket) -> Outcome:
-        answered = bool(ctx.body.strip())
-        if ticket.first_response_at is None and answered:
-            ticket.first_response_at = ctx.now
-            ctx.session.add(TicketEvent(ticket_id=ticket.id, kind="first_response", at=ctx.now,
-                                        data={"by": ctx.sender}))
-        if ticket.owner is None and answered:
-            take_ownership(ctx, ticket, ctx.sender, why="first_answer")
+        if ctx.body.strip():
+            staff_answered(ctx.session, ctx.rules, ticket, by=ctx.sender, now=ctx.now,
+                           by_name=ctx.mail.from_name or ctx.sender, answering=answering(ctx))
         results = apply_commands(ctx, ticket)
         if results:
             # Confirmed to the staff member only; rate limits do not apply to staff.
@@ -162,11 +162,9 @@ class Apply:
         customer_got_it = ticket.sender in {*ctx.mail.to, *ctx.mail.cc}
         if ctx.body.strip() and not customer_got_it:
             # Staff wrote only to the desk: relay the answer, commands stripped.
-            queue_case_update(
-                ctx, ticket, template="staff_answer.txt.j2", kind="staff_answer",
-                context={"body": ctx.body, "agent_name": ctx.mail.from_name},
-                to=[ticket.sender], cc=[c for c in ticket.cc if not ctx.rules.is_staff(c)],
-            )
+            relay_staff_answer(ctx.session, ctx.rules, ticket, ctx.body,
+                               agent_name=ctx.mail.from_name, now=ctx.now,
+                               answering=answering(ctx))
         return Outcome("reply:staff", f"case {ticket.number}, {len(results)} command(s)")
 
 
