@@ -415,8 +415,10 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     # replay
     release_for_replay(db, args.id)
     from mailbridge.pipeline import Pipeline
+    from mailbridge.pipeline.runner import wait_settled
     rules = _rules(settings)
-    result = Pipeline(db, settings, lambda: rules).process(args.id)
+    # A running daemon's workers may take the released mail first: report theirs.
+    result = Pipeline(db, settings, lambda: rules).process(args.id) or wait_settled(db, args.id)
     outcome = result.outcome if result else "queued"
     print(f"mail {args.id} replayed: {outcome}")
     return 0 if outcome != "quarantined" else 1

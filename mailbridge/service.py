@@ -29,6 +29,7 @@ from mailbridge.outbound.webhook_sender import WebhookSender
 from mailbridge.outbound.webhooks import load_webhook_targets
 from mailbridge.pipeline import Pipeline, PipelineWorker
 from mailbridge.pipeline.processes import PipelineProcesses
+from mailbridge.pipeline.runner import wait_settled
 from mailbridge.rules import RulesHolder
 from mailbridge.schema import pending_revision
 from mailbridge.settings import Settings
@@ -102,7 +103,8 @@ class Service:
         self.webhooks.wakeup.set()
 
     def _replay(self, inbound_id: int) -> Any:
-        return self.pipeline.process(inbound_id)
+        # The pipeline processes (PostgreSQL) may take the released mail first.
+        return self.pipeline.process(inbound_id) or wait_settled(self.db, inbound_id)
 
     def _wake_worker(self) -> None:
         self.worker.wakeup.set()

@@ -8,7 +8,8 @@ A failure (no answer, a timeout, a non-2xx, a redirect) retries that delivery wi
 exponential backoff and pauses only its own target (doubling while it keeps failing,
 as the outbox pauses a dead relay), so a target that is down or slow never delays
 another; after `webhook_retry_for` seconds a delivery is marked failed (`mailbridge
-status`, `/metrics`). Retries carry the same body, so the same `id`: receivers dedupe
+status`, `/metrics`), but never on its first try: an event that waited out an outage
+of the daemon still gets its retry. Retries carry the same body, so the same `id`: receivers dedupe
 on it. On PostgreSQL each delivery is locked while it is sent (several workers never
 send it twice); on SQLite the write lock is never held across the network.
 """
@@ -302,7 +303,8 @@ class TargetLoop(BackgroundLoop):
                                                  "event_id": row.event_id, "attempts": tries})
             self.failures = 0
             return
-        if (now - row.created_at).total_seconds() >= self.settings.webhook_retry_for:
+        expired = (now - row.created_at).total_seconds() >= self.settings.webhook_retry_for
+        if expired and tries >= 2:
             session.execute(update(WebhookDelivery.__table__).where(*guard).values(
                 state=DELIVERY_FAILED, attempts=tries, last_status=status, last_error=error))
             metrics.WEBHOOK_DELIVERIES.labels(target=name, outcome="failed").inc()

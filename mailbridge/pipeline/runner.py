@@ -34,11 +34,14 @@ from mailbridge.rules import Rules
 from mailbridge.settings import Settings
 from mailbridge.spool import (
     STATE_DONE,
+    STATE_NEW,
+    InboundMail,
     claim,
     next_pending,
     pending_mail,
     quarantine,
 )
+from mailbridge.tickets.models import Ticket
 from mailbridge.workers import BackgroundLoop
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,22 @@ class ProcessResult:
     inbound_id: int
     outcome: str
     ticket_number: int | None = None
+
+
+def wait_settled(db: Database, inbound_id: int, timeout: float = 10.0) -> ProcessResult | None:
+    """What became of a mail another worker took (a replay raced by the pipeline
+    processes): its outcome and case once it has left `new`, or None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.reader() as session:
+            mail = session.get(InboundMail, inbound_id)
+            if mail is not None and mail.state != STATE_NEW:
+                number = (session.get(Ticket, mail.ticket_id).number  # type: ignore[union-attr]
+                          if mail.ticket_id is not None else None)
+                return ProcessResult(inbound_id, mail.outcome or mail.state, number)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 class Pipeline:
