@@ -58,5 +58,6 @@ def describe_mail(raw: bytes, rules: Rules) -> dict[str, Any]:
         "invalid_fields": found.invalid,
         "severity": found.severity,
         "secrets_redacted": secret_kinds,
+        "text_cut_bytes": mail.text_cut,
         "defects": mail.defects,
     }

@@ -18,14 +18,19 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
-from mailbridge.parse.charsets import CharsetHints, decode_part, decode_text, reencode_words
+from mailbridge.parse.charsets import (
+    CharsetHints,
+    decode_part,
+    decode_text,
+    reencode_words,
+)
 from mailbridge.parse.senders import pick_sender
 
 if TYPE_CHECKING:
     import mailparser
 
-__all__ = ["ParsedAttachment", "ParsedMail", "clean_header_text", "decode_text", "message_ids",
-           "parse_mail", "safe_filename", "thread_headers"]
+__all__ = ["TEXT_LIMIT", "ParsedAttachment", "ParsedMail", "clean_header_text", "decode_text",
+           "message_ids", "parse_mail", "safe_filename", "thread_headers"]
 
 log = logging.getLogger(__name__)
 # mail-parser logs every unhandled content type at WARNING; it is noise here.
@@ -63,6 +68,9 @@ class ParsedMail:
     html: str | None
     attachments: list[ParsedAttachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # Bytes (as sent) of text bodies past TEXT_LIMIT that were not read: `text` holds
+    # only each body's head. The stored raw message keeps all of it.
+    text_cut: int = 0
 
     def header(self, name: str) -> str:
         value = self.message.get(name)
@@ -147,7 +155,6 @@ def _headers_only(raw: bytes, defect: str) -> ParsedMail:
 
 
 def _parse_mail(raw: bytes) -> ParsedMail:
-    defects: list[str] = []
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     # Normalise mbox "From " lines and bare CR line ends before parsing.
@@ -155,6 +162,19 @@ def _parse_mail(raw: bytes) -> ParsedMail:
         raw = raw.split(b"\n", 1)[1]
     if b"\r" in raw and b"\n" not in raw:
         raw = raw.replace(b"\r", b"\n")
+    cut = 0
+    if len(raw) > TEXT_LIMIT:
+        try:
+            raw, cut = _cut_text_bodies(raw)
+        except Exception:  # the structure decides nothing here: read it whole
+            cut = 0
+    parsed = _parse_bytes(raw)
+    parsed.text_cut = cut
+    return parsed
+
+
+def _parse_bytes(raw: bytes) -> ParsedMail:
+    defects: list[str] = []
     # Most mail is plain enough that mail-parser's walk adds nothing to the stdlib's
     # (bench/README.md: it is a third of parse_mail's time, and keeps a base64 copy of
     # every attachment); anything unusual still goes through it.
@@ -386,13 +406,86 @@ def _parse_large(raw: bytes) -> ParsedMail | None:
     return _parse_plain(message, decoded)
 
 
+# --- big text bodies: only their head is read ----------------------------------------
+
+# What the text work reads of each text body (as sent, before its transfer encoding is
+# undone): field extraction, quote stripping, classification and secret redaction see
+# this head, and the stored case message is this head and a note; the raw message is
+# stored whole. A 30 MB log pasted into a mail otherwise costs ~15x its size in str
+# copies and regex work (bench/README.md). Secret redaction already read only the first
+# million characters of a text (parse/secrets.py); now it reads this head.
+TEXT_LIMIT = 256 * 1024
+_TEXT_SLACK = 16 * 1024  # a body only a little over the limit is read whole
+
+
+@dataclass
+class _TextCut:
+    body_start: int
+    end: int
+    head: bytes  # what replaces raw[body_start:end]: the body's head, same encoding
+
+
+def _cut_text_bodies(raw: bytes) -> tuple[bytes, int]:
+    """raw with each text body over TEXT_LIMIT cut to its head at a line end, and the
+    number of bytes left out."""
+    cuts: list[_TextCut] = []
+    _find_big_bodies(raw, 0, len(raw), 0, [], cuts)
+    if not cuts:
+        return raw, 0
+    pieces: list[bytes] = []
+    position = 0
+    dropped = 0
+    for cut in cuts:
+        pieces += [raw[position:cut.body_start], cut.head]
+        position = cut.end
+        dropped += (cut.end - cut.body_start) - len(cut.head)
+    pieces.append(raw[position:])
+    return b"".join(pieces), dropped
+
+
+def _text_cut(raw: bytes, body_start: int, end: int, cte: str,
+              charset: str | None) -> _TextCut | None:
+    """Where a big text body is cut: after a whole line of its decoded text."""
+    import binascii
+
+    if cte not in ("", "7bit", "8bit", "binary", "quoted-printable", "base64"):
+        return None
+    if charset and charset.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
+        return None  # a byte 0x0A is not a line end there
+    limit = TEXT_LIMIT * 4 // 3 if cte == "base64" else TEXT_LIMIT
+    if end - body_start <= limit + _TEXT_SLACK:
+        return None
+    line_end = raw.rfind(b"\n", body_start, body_start + limit)
+    if cte == "quoted-printable":  # a soft line break joins the next line: go back past it
+        for _ in range(1000):
+            if line_end <= body_start:
+                break
+            if not raw[body_start:line_end].rstrip(b"\r").endswith(b"="):
+                break
+            line_end = raw.rfind(b"\n", body_start, line_end)
+    if line_end <= body_start:
+        return None  # no line end in the head: read it whole
+    if cte != "base64":
+        head = raw[body_start:line_end]
+        if raw[end:end + 1] in (b"\r", b"\n") or end == len(raw):
+            head = head.rstrip(b"\r")  # what follows brings its own line break
+        return _TextCut(body_start, end, head)
+    decoded = binascii.a2b_base64(raw[body_start:line_end])
+    last = decoded.rfind(b"\n")
+    if last <= 0:
+        return None
+    head = base64.encodebytes(decoded[:last].rstrip(b"\r")).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    return _TextCut(body_start, end, head)
+
+
 def _find_big_bodies(raw: bytes, start: int, end: int, depth: int,
-                     out: list[tuple[int, int]]) -> None:
+                     out: list[tuple[int, int]], texts: list[_TextCut] | None = None) -> None:
     """(start, end) of the base64 attachment bodies in raw[start:end] worth cutting out.
 
     Only bodies the stdlib would decode to exactly what `binascii` decodes (base64
     alphabet, padding at the end, whole quanta) of parts that name a file or say
-    attachment; mail-parser reads neither as text.
+    attachment; mail-parser reads neither as text. With `texts`, the text bodies over
+    TEXT_LIMIT are found instead (`_text_cut`).
     """
     if depth > 20:
         return
@@ -414,10 +507,18 @@ def _find_big_bodies(raw: bytes, start: int, end: int, depth: int,
         for line_end, after, closing in _delimiters(raw, b"--" + boundary.encode("ascii"),
                                                     body_start, end):
             if part_start is not None:
-                _find_big_bodies(raw, part_start, line_end, depth + 1, out)
+                _find_big_bodies(raw, part_start, line_end, depth + 1, out, texts)
             if closing:
                 return
             part_start = after
+        return
+    if texts is not None:
+        if ctype in ("text/plain", "text/html") and not headers.get_filename() \
+                and headers.get_content_disposition() != "attachment":
+            cte = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
+            cut = _text_cut(raw, body_start, end, cte, headers.get_content_charset())
+            if cut is not None:
+                texts.append(cut)
         return
     if ctype.startswith(("message/", "text/")) or end - body_start < _CUT_BODY_SIZE:
         return

@@ -33,6 +33,8 @@ class Redact:
         if ctx.sender_role == ROLE_STAFF:
             ctx.commands, text = parse_staff_commands(text)
         ctx.body, ctx.secret_kinds = redact_secrets(text)
+        if ctx.mail.text_cut:
+            ctx.body = f"{ctx.body.rstrip()}\n\n{cut_notice(ctx.mail.text_cut)}"
         if ctx.secret_kinds:
             # The archived raw copy must not keep what the stored text dropped.
             ctx.inbound.raw, _ = redact_raw(ctx.inbound.raw)
@@ -48,6 +50,16 @@ class Redact:
 
 
 NOTICE = "[mensaje retirado por contener información sensible]"
+
+
+def cut_notice(dropped: int) -> str:
+    """What the case shows under the head of a text too long to read whole."""
+    if dropped >= 1024 * 1024:
+        size = f"{dropped / (1024 * 1024):.1f}".replace(".", ",") + " MB"
+    else:
+        size = f"{max(1, round(dropped / 1024))} KB"
+    return (f"[Texto recortado: el mensaje continúa con {size} más que no se muestran aquí. "
+            "El correo original se conserva completo.]")
 
 
 def redact_raw(raw: bytes) -> tuple[bytes, list[str]]:
