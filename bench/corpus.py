@@ -334,6 +334,39 @@ class Corpus:
             complete=complete, attachment_bytes=attachment_bytes, labels_left_out=left_out,
         )
 
+    def big_text(self, index: int, size: int, *, layout: str = "plain",
+                 cte: str = "8bit", charset: str = "utf-8") -> Mail:
+        """An opening whose body is the template followed by a pasted log of ~`size`
+        bytes (78-character lines): the text case of the memory phase."""
+        rng = random.Random(f"{self.seed}:bigtext:{index}")
+        contact = CONTACTS[0]
+        support = SUPPORT_ADDRESSES[0]
+        detected = _detected_at(rng)
+        fields = _template_values(rng, contact, detected)
+        subject = f"{contact.tenant_id} Registro completo del servidor INC{9000000 + index:07d}"
+        head = _template_text(rng, contact, fields) + "\n\nRegistro del servidor:\n"
+        line = "{:%Y-%m-%d %H:%M:%S} smtp-relay-{} conexión {:08x}: tiempo de espera agotado\n"
+        lines: list[str] = []
+        total = len(head)
+        t = detected
+        while total < size:
+            t += timedelta(milliseconds=rng.randint(5, 900))
+            text_line = line.format(t, rng.randint(1, 9), rng.getrandbits(32))
+            lines.append(text_line)
+            total += len(text_line.encode(charset))
+        text = head + "".join(lines)
+        html = "<html><body><pre>" + text.replace("&", "&amp;").replace("<", "&lt;") \
+            + "</pre></body></html>"
+        msg = _body(layout, text, html, charset, cte)
+        message_id = self._message_id(rng, 100000 + index, contact.address)
+        _headers(msg, rng, sender=_format_address(contact.name, contact.address, charset),
+                 to=[support], cc=[], subject=subject, charset=charset, message_id=message_id,
+                 date=detected + timedelta(minutes=5))
+        return Mail(index=100000 + index, kind="opening", message_id=message_id,
+                    mail_from=contact.address, rcpt_tos=[support],
+                    raw=msg.as_bytes(policy=SMTP_POLICY), subject=subject,
+                    shape=f"{layout}/{charset}/{cte}+text {size // 1_000_000} MB")
+
     # -- replies --------------------------------------------------------------------------
     def reply(self, index: int, opening: Mail, ack: Ack) -> Mail:
         """A reply-all to `ack` (the acknowledgement of `opening`), with quoted history."""
@@ -523,7 +556,8 @@ def _paragraphs(text: str) -> str:
 
 def _charset(name: str, cte: str) -> email.charset.Charset:
     cs = email.charset.Charset(name)
-    cs.body_encoding = email.charset.QP if cte == "quoted-printable" else email.charset.BASE64
+    cs.body_encoding = {"quoted-printable": email.charset.QP,
+                        "8bit": None}.get(cte, email.charset.BASE64)
     cs.header_encoding = email.charset.QP if cte == "quoted-printable" else email.charset.BASE64
     return cs
 

@@ -12,7 +12,9 @@ Phases, each on fresh processes and a fresh temporary data dir:
     arrived. Measures intake (250s/s), end to end (until the last ticket is
     committed and its ack delivered), 250 → ack latency, RSS, CPU, correctness.
  3. steady: the same daemon at half the end-to-end rate for --steady-seconds.
- 4. memory: a fresh daemon takes one 25 MB mail; peak RSS increase over idle.
+ 4. memory: a fresh daemon takes one 25 MB mail; peak RSS increase over idle. Then,
+    each on a fresh daemon, the text cases: a 10 MB and a --text-mb (30) MB plain-text
+    mail, the big one as quoted-printable HTML and as base64 latin-1, and four at once.
  5. imap: APPEND into a private Dovecot and time until every mail is a ticket —
     only when `mailbridge run` starts IMAP pollers; skipped with the reason otherwise.
 Optionally (--profile) py-spy samples the daemon during the burst.
@@ -240,15 +242,54 @@ def _daemon_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def memory_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """The 25 MB attachment mail (the keys at the top), then the text cases in `texts`."""
     corpus = Corpus(args.seed + 1, domain_tag=f"mem{int(time.time())}")
     big = corpus.opening(0, big=True)
+    result = _memory_case(args, corpus, "attachment", [big])
+    result["attachment_bytes"] = big.attachment_bytes
+    if not args.no_text_memory:
+        result["texts"] = [
+            _memory_case(args, corpus, label, mails)
+            for label, mails in _text_cases(corpus, args.text_mb * 1_000_000)
+        ]
+    return result
+
+
+# What each encoding adds to the text: the mails come out just under the size asked for.
+_GROWTH = {"8bit": 1.0, "quoted-printable": 1.1, "base64": 1.38}
+
+
+def _text_cases(corpus: Corpus, size: int) -> list[tuple[str, list[Mail]]]:
+    def text(index: int, target: int, layout: str = "plain", cte: str = "8bit",
+             charset: str = "utf-8") -> Mail:
+        return corpus.big_text(index, int(target / _GROWTH[cte]), layout=layout, cte=cte,
+                               charset=charset)
+
+    return [
+        ("text 10 MB plain 8bit", [text(1, 10_000_000)]),
+        (f"text {size // 1_000_000} MB plain 8bit", [text(2, size)]),
+        (f"text {size // 1_000_000} MB html quoted-printable",
+         [text(3, size, "html", "quoted-printable")]),
+        (f"text {size // 1_000_000} MB plain base64 latin-1",
+         [text(4, size, cte="base64", charset="iso-8859-1")]),
+        (f"4 x text {size // 1_000_000} MB at once", [text(10 + k, size) for k in range(4)]),
+    ]
+
+
+def _memory_case(args: argparse.Namespace, corpus: Corpus, label: str,
+                 mails: list[Mail]) -> dict[str, Any]:
+    """A fresh daemon, warmed with three small mails, takes `mails` (each on its own
+    SMTP connection, at once): its peak RSS over what it had before, against their size."""
+    import threading
+
     warm = [corpus.opening(k) for k in range(1, 4)]
     workdir = make_workdir("memory", args.workdir)
-    tracker = Tracker(corpus, [*warm, big], wait_for_replies=False)
+    tracker = Tracker(corpus, [*warm, *mails], wait_for_replies=False)
     sink = SinkProcess("relay", workdir, on_event=tracker.on_sink_event).start()
     daemon = _daemon(args, workdir, sink.port)
-    result: dict[str, Any] = {"message_bytes": len(big.raw),
-                              "attachment_bytes": big.attachment_bytes}
+    size = sum(len(m.raw) for m in mails)
+    result: dict[str, Any] = {"case": label, "mails": len(mails), "message_bytes": size,
+                              "shape": mails[0].shape}
     try:
         daemon.upgrade()
         daemon.start()
@@ -257,35 +298,52 @@ def memory_phase(args: argparse.Namespace) -> dict[str, Any]:
         conn = SmtpConn("127.0.0.1", daemon.smtp_port)
         for mail in warm:  # imports and caches that any first mail loads
             tracker.record(conn.send(mail))
+        conn.close()
         wait_until(lambda: tracker.acked_count() >= len(warm), 30)
         time.sleep(0.5)
         before = daemon.memory()
         result["rss_before"] = before.get("VmRSS")
         result["hwm_before"] = before.get("VmHWM")
         t0 = mono_now()
-        sent = conn.send(big)
-        tracker.record(sent)
-        conn.close()
-        result["smtp_code"] = sent.code
-        result["smtp_seconds"] = round(sent.t_done - sent.t_start, 3)
-        acked = wait_until(lambda: tracker.acked_count() >= len(warm) + 1, args.drain_timeout)
+        sent: list[Sent] = []
+
+        def send(mail: Mail) -> None:
+            client = SmtpConn("127.0.0.1", daemon.smtp_port)
+            try:
+                sent.append(client.send(mail))
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=send, args=(m,)) for m in mails]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for item in sent:
+            tracker.record(item)
+        result["smtp_codes"] = sorted(item.code for item in sent)
+        last_250 = max(item.t_done for item in sent)
+        result["smtp_seconds"] = round(last_250 - t0, 3)
+        acked = wait_until(lambda: tracker.acked_count() >= len(warm) + len(mails),
+                           args.drain_timeout)
         result["acked"] = acked
-        result["ack_seconds_after_250"] = (
-            round(min(tracker.acks[big.message_id]) - sent.t_done, 3) if acked else None)
+        if acked:
+            last_ack = max(min(tracker.acks[m.message_id]) for m in mails)
+            result["last_ack_seconds_after_last_250"] = round(last_ack - last_250, 3)
         result["total_seconds"] = round(mono_now() - t0, 3)
         after = daemon.memory()
         result["hwm_after"] = after.get("VmHWM")
         result["rss_after"] = after.get("VmRSS")
         base = result["rss_before"] or 0
         result["peak_increase"] = (after.get("VmHWM") or 0) - base
-        result["increase_over_size"] = round(result["peak_increase"] / len(big.raw), 2)
+        result["increase_over_size"] = round(result["peak_increase"] / size, 2)
         result["correctness"] = correctness(daemon, tracker)
     finally:
         result["exit_code"] = daemon.stop()
         sink.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    log(f"memory: one {len(big.raw) / MB:.1f} MB mail raised peak RSS by "
+    log(f"memory: {label} ({size / MB:.1f} MB) raised peak RSS by "
         f"{result.get('peak_increase', 0) / MB:.1f} MB ({result.get('increase_over_size')}x)")
     return result
 
@@ -454,6 +512,12 @@ def table(report: dict[str, Any]) -> str:
         row(f"one {mem['message_bytes'] / 1e6:.0f} MB mail: peak RSS increase",
             f"{_mb(mem.get('peak_increase'))} = {inc}x size",
             f"< 4x {_verdict(inc is not None and inc < 4)}")
+    for case in mem.get("texts", []):
+        inc = case.get("increase_over_size")
+        lag = case.get("last_ack_seconds_after_last_250")
+        row(f"{case['case']}: peak RSS increase",
+            f"{_mb(case.get('peak_increase'))} = {inc}x size",
+            f"< 4x {_verdict(inc is not None and inc < 4)}; last ack +{lag} s after its 250")
     threads = ", ".join(f"{k} {v:.1f}s" for k, v in list(mb.get("cpu_by_thread", {}).items())[:4])
     row("daemon CPU per mail (burst)", f"{mb.get('daemon_cpu_ms_per_mail', '-')} ms",
         f"CPU share {mb.get('daemon_cpu_share', '-')} of a core; {threads}")
@@ -491,6 +555,8 @@ def table(report: dict[str, Any]) -> str:
     if busy:
         row("load average seen (1 min)", f"max {max(busy):.2f}",
             "other work on this 2-core machine skews the figures" if max(busy) > 2.5 else "")
+    if not mb:  # --memory-only: the memory rows alone
+        rows = [r for r in rows if "peak RSS increase" in r[0]] or rows
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:<{vwidth}}  {c}".rstrip() for a, b, c in rows)
@@ -516,7 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-rate", type=float, default=None,
                         help="a fixed steady rate (mails/s) instead of the fraction")
     parser.add_argument("--no-reference", action="store_true")
-    parser.add_argument("--no-memory", action="store_true", help="skip the 25 MB phase")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory phase")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="run the memory phase alone (e.g. with --tree REF to compare)")
+    parser.add_argument("--no-text-memory", action="store_true",
+                        help="memory phase: the 25 MB attachment only, no text cases")
+    parser.add_argument("--text-mb", type=int, default=30,
+                        help="size of the big text mails of the memory phase, MB")
     parser.add_argument("--no-imap", action="store_true")
     parser.add_argument("--imap-mails", type=int, default=300)
     parser.add_argument("--profile", nargs="?", const="gil", choices=("gil", "all"),
@@ -589,6 +661,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None, started: datetime, t0
         "rules": rules_note,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
+    if args.memory_only:
+        report["memory"] = memory_phase(args)
+        report["seconds"] = round(mono_now() - t0, 1)
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n\n"
+                         + table(report) + "\n")
+        return 0
     corpus, openings, reply_plan, total = build_corpus(args)
     if not args.no_reference:
         load_before = loadavg()
