@@ -264,3 +264,29 @@ def test_sigterm_with_open_http_connections(tmp_path: Path) -> None:
             sock.close()
     assert "mailbridge stopped" in daemon.log_tail()
     report("http_sigterm", open_connections=5, stopped_in=round(stopped_in, 2))
+
+
+def test_responses_are_not_held_back_by_nagle() -> None:
+    """Headers and body are two writes: without TCP_NODELAY on the accepted socket (the
+    listening socket's proto is 0, so asyncio does not set it) the body of every answer on
+    a kept-alive connection waited for the client's delayed ACK, ~40 ms (bench/api.py:
+    GET /api/v1/cases/N p50 48 ms -> 7.7 ms)."""
+    import http.client
+
+    from mailbridge.web import HttpServer
+
+    server = HttpServer("127.0.0.1", 0, readiness=lambda: {})
+    server.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()
+        connections = list(server._server.server_state.connections)
+        assert connections, "the kept-alive connection is open"
+        for protocol in connections:
+            sock = protocol.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        conn.close()
+    finally:
+        server.stop()
