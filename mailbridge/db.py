@@ -212,11 +212,39 @@ def _locked(why: str) -> OperationalError:
         f"database is locked ({why})"))
 
 
-def _sqlite_lock_path(url: str) -> Path | None:
+def _sqlite_lock_path(url: str, suffix: str = ".writelock") -> Path | None:
     database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return Path(database).with_name(Path(database).name + ".writelock")
+    return Path(database).with_name(Path(database).name + suffix)
+
+
+class ProcessLock:
+    """A lock file beside a SQLite database, taken without waiting: of the processes on
+    one database file, one does the guarded work at a time (the outbox sender: it sends
+    outside any transaction, so two daemons on one file would otherwise both send a
+    row). Released by `release` or when the process dies. A no-op without a file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = os.getpid()
+
+    def try_acquire(self) -> bool:
+        if self.path is None:
+            return True
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 class Database:
@@ -237,6 +265,8 @@ class Database:
         )
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.sqlite_sender_lock = ProcessLock(
+            _sqlite_lock_path(url, ".senderlock") if self.is_sqlite else None)
         # SQLite readers must not take the write lock; PostgreSQL needs no split.
         self.read_engine = make_engine(url, immediate=False) if self.is_sqlite else self.engine
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)

@@ -432,7 +432,8 @@ class OutboxSender(BackgroundLoop):
             self.transport = RelayTransport(settings)
         else:
             self.transport = MaildirTransport(settings.outbound_maildir)
-        # SQLite has one daemon per database: one marker. On PostgreSQL several workers may
+        # SQLite: one sender at a time per database file (`sqlite_sender_lock`), one marker
+        # per data directory. On PostgreSQL several workers may
         # share a data directory: each has its own, and takes over those of dead workers
         # of this host (their mail is recorded, not sent again, once this one starts).
         if db.is_sqlite:
@@ -491,7 +492,13 @@ class OutboxSender(BackgroundLoop):
             return result
         try:
             if self.db.is_sqlite:
-                self._send_batch_sqlite(result, limit)
+                # Another daemon on this database file sending now: it takes these too.
+                if not self.db.sqlite_sender_lock.try_acquire():
+                    return result
+                try:
+                    self._send_batch_sqlite(result, limit)
+                finally:
+                    self.db.sqlite_sender_lock.release()
             else:
                 self._recover_accepted()
                 with self.db.reader() as session:

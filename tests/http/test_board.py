@@ -76,11 +76,14 @@ def wait_url(driver, url: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def wait_text(driver, element_id: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 15).until(
+    # Right after a click the old page may still be there, and be torn down while its
+    # element is read ("Node with given id does not belong to the document"): poll on.
+    WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
         expected_conditions.text_to_be_present_in_element((By.ID, element_id), text))
 
 

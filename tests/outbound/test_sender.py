@@ -319,6 +319,33 @@ def test_postgresql_row_locked_by_another_worker_is_skipped(db, settings, relay)
     assert (state[free]["state"], state[free]["attempts"]) == (STATE_SENT, 1)
 
 
+def test_sqlite_one_sender_per_database_file(db, settings, relay) -> None:
+    """Two daemons on one SQLite file: the SQLite sender sends outside any transaction,
+    so both could read a due row and send it (a duplicate escalation was seen under load
+    in tests/sla/test_daemon_sla.py). The one holding the file lock sends; the other
+    leaves the round to it."""
+    if not db.is_sqlite:
+        pytest.skip("the PostgreSQL sender locks each row (SKIP LOCKED)")
+    from mailbridge.db import Database, ProcessLock
+
+    case = add_case(db)
+    message_id = queue(db, case)
+    other = ProcessLock(db.sqlite_sender_lock.path)  # another daemon's, mid-send
+    assert other.try_acquire()
+    second = Database(db.url)
+    try:
+        result = _sender(second, settings, relay.port).send_due()
+        assert (result.sent, len(relay.received)) == (0, 0)
+        assert rows(db)[message_id]["state"] == STATE_PENDING
+        other.release()
+        result = _sender(second, settings, relay.port).send_due()
+        assert result.sent == 1
+        assert [r.message["Message-ID"] for r in relay.received] == [message_id]
+    finally:
+        other.release()
+        second.dispose()
+
+
 def test_sender_thread_outlives_a_database_outage(db, settings, relay, monkeypatch) -> None:
     """A poll during the outage fails both the pass and the due-time lookup; the thread
     must still be there to send once the database is back."""
