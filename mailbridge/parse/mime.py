@@ -460,7 +460,8 @@ def _text_cut(raw: bytes, body_start: int, end: int, cte: str,
         for _ in range(1000):
             if line_end <= body_start:
                 break
-            if not raw[body_start:line_end].rstrip(b"\r").endswith(b"="):
+            before = line_end - 1 if raw[line_end - 1:line_end] != b"\r" else line_end - 2
+            if raw[before:before + 1] != b"=":
                 break
             line_end = raw.rfind(b"\n", body_start, line_end)
     if line_end <= body_start:
