@@ -18,12 +18,7 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import TYPE_CHECKING, Any
 
-from mailbridge.parse.charsets import (
-    CharsetHints,
-    decode_part,
-    decode_text,
-    reencode_words,
-)
+from mailbridge.parse.charsets import CharsetHints, decode_part, decode_text, reencode_words
 from mailbridge.parse.senders import pick_sender
 
 if TYPE_CHECKING:
@@ -411,7 +406,7 @@ def _parse_large(raw: bytes) -> ParsedMail | None:
 # What the text work reads of each text body (as sent, before its transfer encoding is
 # undone): field extraction, quote stripping, classification and secret redaction see
 # this head, and the stored case message is this head and a note; the raw message is
-# stored whole. A 30 MB log pasted into a mail otherwise costs ~15x its size in str
+# stored whole. A 30 MB log pasted into a mail otherwise cost 17x its size in str
 # copies and regex work (bench/README.md). Secret redaction already read only the first
 # million characters of a text (parse/secrets.py); now it reads this head.
 TEXT_LIMIT = 256 * 1024
