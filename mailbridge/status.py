@@ -13,8 +13,9 @@ from mailbridge.db import Database, utcnow
 from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
 from mailbridge.outbound.webhooks import webhook_report
 from mailbridge.sla.cases import acks_sent_late, sla_status
+from mailbridge.sla.sweep import has_ack_mail
 from mailbridge.spool import STATE_NEW, STATE_QUARANTINED, InboundMail
-from mailbridge.tickets.models import Ticket
+from mailbridge.tickets.models import UNACKED, Ticket
 
 
 def _age(value: datetime | None, now: datetime) -> float | None:
@@ -23,18 +24,21 @@ def _age(value: datetime | None, now: datetime) -> float | None:
 
 def overdue_acks(session: Session, now: datetime) -> list[Ticket]:
     """Cases whose acknowledgement has not left and whose deadline has passed."""
-    return list(
-        session.scalars(
-            select(Ticket)
-            .join(OutboxMail, (OutboxMail.ticket_id == Ticket.id) & (OutboxMail.kind == "ack"))
-            .where(Ticket.acked_at.is_(None), Ticket.ack_due_at < now)
-            .order_by(Ticket.number)
-            .limit(100)
-        )
+    # The oldest due first, through the partial index of unacknowledged cases; an ORDER BY
+    # number would walk the number index over every case the desk keeps.
+    found = session.scalars(
+        select(Ticket)
+        .where(UNACKED, Ticket.ack_due_at < now, has_ack_mail())
+        .order_by(Ticket.ack_due_at)
+        .limit(100)
     )
+    return sorted(found, key=lambda ticket: ticket.number)
 
 
-def status_report(session: Session) -> dict[str, Any]:
+def status_report(session: Session, *, counts: bool = True) -> dict[str, Any]:
+    """What `mailbridge status` shows. Each part reads only the few rows it lists, through
+    an index, however many cases the desk keeps; the case counts by status (`counts`) are
+    the one part that reads every case (~40 ms at a million), left out for the gauges."""
     now = utcnow()
     inbound_new, oldest_new = session.execute(
         select(func.count(InboundMail.id), func.min(InboundMail.received_at)).where(
@@ -62,13 +66,12 @@ def status_report(session: Session) -> dict[str, Any]:
     ).all()
     oldest_unacked = session.execute(
         select(Ticket.number, Ticket.created_at)
-        .where(Ticket.acked_at.is_(None))
-        .join(OutboxMail, (OutboxMail.ticket_id == Ticket.id) & (OutboxMail.kind == "ack"))
+        .where(UNACKED, has_ack_mail())
         .order_by(Ticket.created_at)
         .limit(1)
     ).first()
     late = overdue_acks(session, now)
-    return {
+    report: dict[str, Any] = {
         "now": now.isoformat(),
         "inbound": {
             "waiting": inbound_new,
@@ -86,12 +89,6 @@ def status_report(session: Session) -> dict[str, Any]:
                  "created_at": f.created_at.isoformat()}
                 for f in failures
             ],
-        },
-        "tickets": {
-            "total": session.scalar(select(func.count(Ticket.id))),
-            "by_status": dict(
-                session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all()
-            ),
         },
         "acks": {
             "oldest_unacknowledged": (
@@ -111,6 +108,12 @@ def status_report(session: Session) -> dict[str, Any]:
         # Webhook deliveries by target; those that failed for good, with their reason.
         "webhooks": webhook_report(session, now),
     }
+    if counts:
+        by_status = dict(
+            session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all()
+        )
+        report["tickets"] = {"total": sum(by_status.values()), "by_status": by_status}
+    return report
 
 
 def quarantine_list(session: Session, limit: int = 100) -> list[dict[str, Any]]:
@@ -144,7 +147,7 @@ def quarantine_entry(row: InboundMail, *, full: bool = False) -> dict[str, Any]:
 def refresh_queue_gauges(db: Database) -> None:
     """Queue gauges read from the database at scrape time (correct across workers)."""
     with db.reader() as session:
-        report = status_report(session)
+        report = status_report(session, counts=False)  # at every scrape: no full count
     metrics.OUTBOX_DEPTH.set(report["outbox"]["pending"] or 0)
     metrics.OUTBOX_OLDEST.set(report["outbox"]["oldest_pending_seconds"] or 0)
     metrics.OUTBOX_FAILED.set(report["outbox"]["failed"] or 0)

@@ -124,7 +124,7 @@ def count_tickets(
     sla_state: str | None = None,
 ) -> int:
     """How many cases `list_tickets` would find with no limit (the API's `total`)."""
-    stmt = select(func.count(Ticket.id))
+    stmt = select(func.count()).select_from(Ticket)  # count(id) reads more at 1M cases
     return int(session.scalar(_filtered(stmt, status=status, tenant_id=tenant_id, owner=owner,
                                         queue=queue, priority=priority,
                                         sla_state=sla_state)) or 0)

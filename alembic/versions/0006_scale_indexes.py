@@ -1,12 +1,17 @@
 """Indexes for a desk with a million cases (issue 21.2)
 
-Only indexes: nothing existing changes. Filled in as each query that grows is found.
+Only partial indexes on tickets, each holding the few cases an SLA watch or `mailbridge
+status` looks for (unacknowledged, acknowledged late, unanswered, answered late); nothing
+existing changes. The conditions are tickets/models.py's NOT_CLOSED … ANSWERED_LATE_UNTOLD.
 
 Revision ID: 0006_scale_indexes
 Revises: 0005_api_tokens_and_webhooks
 Create Date: 2026-12-03 10:00:00
 """
 from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
 
 
 revision: str = '0006_scale_indexes'
@@ -15,9 +20,23 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+INDEXES = (
+    ("ix_tickets_unacked", "ack_due_at", "acked_at IS NULL"),
+    ("ix_tickets_acked_late", "acked_at", "acked_at > ack_due_at"),
+    ("ix_tickets_ack_late_untold", "id", "ack_late_at IS NULL AND acked_at > ack_due_at"),
+    ("ix_tickets_unanswered", "response_due_at",
+     "first_response_at IS NULL AND status != 'cerrado'"),
+    ("ix_tickets_answered_late_untold", "id",
+     "response_breached_at IS NULL AND first_response_at > response_due_at"),
+)
+
+
 def upgrade() -> None:
-    pass
+    for name, column, where in INDEXES:
+        op.create_index(name, "tickets", [column], unique=False,
+                        sqlite_where=sa.text(where), postgresql_where=sa.text(where))
 
 
 def downgrade() -> None:
-    pass
+    for name, _column, _where in reversed(INDEXES):
+        op.drop_index(name, table_name="tickets")

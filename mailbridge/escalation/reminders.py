@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from mailbridge.db import Database
 from mailbridge.escalation.service import staff_recipients
@@ -59,11 +59,13 @@ def remind_overdue_vendors(db: Database, rules: Rules, now: datetime) -> list[di
     done: list[dict[str, Any]] = []
     with db.transaction() as session:
         closed = session.scalars(
+            # From the references still active (their state index), not from the
+            # closed cases: a desk keeps hundreds of thousands of those.
             select(VendorReference)
-            .join(Ticket, Ticket.id == VendorReference.ticket_id)
             .where(
-                Ticket.status == STATUS_CLOSED,
                 VendorReference.state.in_((*VENDOR_ACTIVE_STATES, VENDOR_MISSING_DATA)),
+                exists().where(Ticket.id == VendorReference.ticket_id,
+                               Ticket.status == STATUS_CLOSED),
             )
         ).all()
         for reference in closed:

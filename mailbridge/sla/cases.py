@@ -20,8 +20,10 @@ from mailbridge.service_levels.clocks import (
     response_due,
 )
 from mailbridge.tickets.models import (
+    ACKED_LATE,
     STATUS_CLOSED,
     STATUS_RESOLVED,
+    UNANSWERED,
     CaseAction,
     SchedulerJob,
     Ticket,
@@ -233,8 +235,8 @@ def last_customer_message_at(
 def sla_status(session: Session, now: datetime, limit: int = 100) -> dict[str, Any]:
     """What `mailbridge status` shows about service levels and the SLA timers."""
     waiting = and_(
+        UNANSWERED,  # the partial index of unanswered cases (models.py)
         ~Ticket.status.in_((STATUS_RESOLVED, STATUS_CLOSED)),
-        Ticket.first_response_at.is_(None),
         Ticket.response_due_at.is_not(None),
     )
 
@@ -268,7 +270,7 @@ def acks_sent_late(session: Session, limit: int = 100) -> list[dict[str, Any]]:
     """Cases whose acknowledgement left after its deadline (newest first)."""
     rows = session.execute(
         select(Ticket.number, Ticket.ack_due_at, Ticket.acked_at)
-        .where(Ticket.acked_at > Ticket.ack_due_at)
+        .where(ACKED_LATE)  # its partial index (models.py)
         .order_by(Ticket.acked_at.desc())
         .limit(limit)
     ).all()

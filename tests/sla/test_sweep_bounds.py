@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, insert, select, update
 
 from mailbridge.db import Database
 from mailbridge.outbound.outbox import OutboxMail
@@ -21,6 +21,7 @@ from mailbridge.sla.sweep import (
     watch_acks,
     watch_responses,
 )
+from mailbridge.status import status_report
 from mailbridge.tickets.models import Ticket
 from tests.sla.helpers import (
     BOGOTA,
@@ -177,3 +178,101 @@ def test_candidates_include_every_case_the_walk_would_escalate(db, settings) -> 
     escalated = {n: len(events(db, n, "escalated")) for n in range(1, opened + 1)}
     assert opened == 7 and all(escalated.values()), escalated  # high and medium, every one
     assert all(escalated[n] >= 2 for n in (1, 4, 6)), escalated  # high: again after 24 h
+
+
+def _add_history(db: Database, count: int, first_number: int) -> None:
+    """`count` closed cases of past years, acknowledged and answered in time (bulk)."""
+    start = OPENED - timedelta(days=700)
+    tickets, acks = [], []
+    for k in range(count):
+        at = start + timedelta(minutes=k)
+        number = first_number + k
+        tickets.append(dict(
+            number=number, tenant_id="TEN-1001", priority="B", severity="MEDIA",
+            status="cerrado", subject=f"Caso antiguo {number}", subject_key=f"antiguo {number}",
+            sender="ana@compensar.example", cc=[], cc_held=[], fields={}, fields_raw={},
+            missing_fields=[], created_at=at, updated_at=at,
+            ack_due_at=at + timedelta(minutes=15), acked_at=at + timedelta(seconds=3),
+            response_started_at=at, response_at_risk_at=at + timedelta(hours=3),
+            response_due_at=at + timedelta(hours=4), first_response_at=at + timedelta(hours=1),
+            closed_at=at + timedelta(days=2),
+        ))
+    with db.transaction() as session:
+        session.execute(insert(Ticket.__table__), tickets)
+        ids = session.scalars(select(Ticket.id).where(Ticket.number >= first_number)).all()
+        for ticket_id, row in zip(sorted(ids), tickets, strict=True):
+            acks.append(dict(
+                kind="ack", ticket_id=ticket_id, mail_from="soporte-a@mesa.example",
+                rcpt_tos=["ana@compensar.example"], message_id=f"<ack-{ticket_id}@mesa.example>",
+                subject="Caso", raw=b"-", state="sent", created_at=row["created_at"],
+                next_attempt_at=row["created_at"], sent_at=row["acked_at"],
+            ))
+        session.execute(insert(OutboxMail.__table__), acks)
+
+
+@contextlib.contextmanager
+def sqlite_steps(db: Database) -> Iterator[list[int]]:
+    """Counts SQLite's virtual-machine steps (in thousands) of every statement run inside."""
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    def hook(conn, cursor, statement, parameters, context, many):  # type: ignore[no-untyped-def]
+        conn.connection.dbapi_connection.set_progress_handler(tick, 1000)
+
+    engines = {db.engine, db.read_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", hook)
+    try:
+        yield steps
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", hook)
+
+
+def test_a_sweep_round_does_not_read_the_closed_history(db, settings, rules) -> None:
+    """Issue 21.2: the sweeps and `mailbridge status` find their few cases through partial
+    indexes. Ten times more closed cases in the database cost a round next to nothing more
+    (before: every watch walked every case: 1.6 s a round at a million cases)."""
+    if not db.is_sqlite:
+        pytest.skip("counts SQLite's steps; PostgreSQL plans the same indexes (EXPLAIN)")
+    deliver_at(db, settings, rules, opening(subject="Sin acuse"), OPENED)  # due by now
+    late = OPENED + timedelta(hours=5)
+
+    def round_steps() -> tuple[int, int]:
+        with sqlite_steps(db) as sweeps:
+            for kind in ("acks", "response", "warnings", "escalation", "vendors"):
+                run_sweep(kind, db, rules, late)
+        with sqlite_steps(db) as status, db.reader() as session:
+            report = status_report(session, counts=False)
+        assert [entry["case"] for entry in report["acks"]["overdue"]] == [1]
+        assert [entry["case"] for entry in report["sla"]["response_breached"]] == [1]
+        return sweeps[0], status[0]
+
+    run_sweep("acks", db, rules, late)
+    run_sweep("response", db, rules, late)
+    _add_history(db, 300, 10_000)
+    small = round_steps()
+    _add_history(db, 3000, 20_000)
+    large = round_steps()
+    for before, after in zip(small, large, strict=True):  # (sweeps, status) in 1000 steps
+        assert after < before * 1.5 + 5, (small, large)
+    # Still told once each: the open case's late ack and missed target, nothing historic.
+    assert len(events(db, 1, "ack_late")) == 1 and len(events(db, 1, "sla_breached")) == 1
+
+
+def test_an_ack_sent_late_and_an_answer_given_late_are_each_told_once(db, settings, rules) -> None:
+    """The two 'late but done' branches now have their own partial indexes."""
+    deliver_at(db, settings, rules, opening(), OPENED)
+    with db.transaction() as session:  # sent 20 minutes late; answered 6 hours late
+        ticket = session.scalars(select(Ticket)).one()
+        assert ticket.response_due_at is not None
+        ticket.acked_at = OPENED + timedelta(minutes=35)
+        ticket.first_response_at = ticket.response_due_at + timedelta(hours=6)
+    _add_history(db, 50, 10_000)
+    later = OPENED + timedelta(days=3)
+    assert watch_acks(db, later) == 1 and watch_responses(db, later) == 1
+    assert watch_acks(db, later) == 0 and watch_responses(db, later) == 0
+    assert len(events(db, 1, "ack_late")) == 1 and len(events(db, 1, "sla_breached")) == 1
