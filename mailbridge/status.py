@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
-from mailbridge.outbound.outbox import STATE_FAILED, STATE_PENDING, OutboxMail
+from mailbridge.outbound.outbox import FAILED, STATE_FAILED, STATE_PENDING, OutboxMail
 from mailbridge.outbound.webhooks import webhook_report
 from mailbridge.sla.cases import acks_sent_late, sla_status
 from mailbridge.sla.sweep import has_ack_mail
@@ -60,14 +60,14 @@ def status_report(session: Session, *, counts: bool = True) -> dict[str, Any]:
         select(OutboxMail.id, OutboxMail.kind, Ticket.number, OutboxMail.rcpt_tos,
                OutboxMail.attempts, OutboxMail.last_error, OutboxMail.created_at)
         .outerjoin(Ticket, Ticket.id == OutboxMail.ticket_id)
-        .where(OutboxMail.state == STATE_FAILED)
+        .where(FAILED)  # its partial index: PostgreSQL walked the whole outbox by id
         .order_by(OutboxMail.id.desc())
         .limit(10)
     ).all()
     oldest_unacked = session.execute(
         select(Ticket.number, Ticket.created_at)
         .where(UNACKED, has_ack_mail())
-        .order_by(Ticket.created_at)
+        .order_by(Ticket.ack_due_at)  # = arrival + the deadline: the partial index's order
         .limit(1)
     ).first()
     late = overdue_acks(session, now)

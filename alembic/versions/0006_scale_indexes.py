@@ -1,8 +1,9 @@
 """Indexes for a desk with a million cases (issue 21.2)
 
-Only partial indexes on tickets, each holding the few cases an SLA watch or `mailbridge
-status` looks for (unacknowledged, acknowledged late, unanswered, answered late); nothing
-existing changes. The conditions are tickets/models.py's NOT_CLOSED … ANSWERED_LATE_UNTOLD.
+Only partial indexes, each holding the few rows an SLA watch or `mailbridge status` looks
+for among a desk's years of cases: unacknowledged, acknowledged late, unanswered, answered
+late (tickets), failed for good (outbox). Nothing existing changes. The conditions are
+tickets/models.py's UNACKED … ANSWERED_LATE_UNTOLD and outbound/outbox.py's FAILED.
 
 Revision ID: 0006_scale_indexes
 Revises: 0005_api_tokens_and_webhooks
@@ -21,6 +22,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 INDEXES = (
+    ("ix_outbox_failed", "id", "state = 'failed'"),
     ("ix_tickets_unacked", "ack_due_at", "acked_at IS NULL"),
     ("ix_tickets_acked_late", "acked_at", "acked_at > ack_due_at"),
     ("ix_tickets_ack_late_untold", "id", "ack_late_at IS NULL AND acked_at > ack_due_at"),
@@ -31,12 +33,16 @@ INDEXES = (
 )
 
 
+def _table(index: str) -> str:
+    return index.split("_")[1]
+
+
 def upgrade() -> None:
     for name, column, where in INDEXES:
-        op.create_index(name, "tickets", [column], unique=False,
+        op.create_index(name, _table(name), [column], unique=False,
                         sqlite_where=sa.text(where), postgresql_where=sa.text(where))
 
 
 def downgrade() -> None:
     for name, _column, _where in reversed(INDEXES):
-        op.drop_index(name, table_name="tickets")
+        op.drop_index(name, table_name=_table(name))

@@ -6,7 +6,16 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, insert
+from sqlalchemy import (
+    ColumnElement,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    insert,
+    literal_column,
+)
 from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
 
 from mailbridge import metrics
@@ -44,6 +53,9 @@ class OutboxMail(Base):
 
 
 Index("ix_outbox_state_next", OutboxMail.state, OutboxMail.next_attempt_at)
+# The mails that failed for good, newest first (`mailbridge status`): few among millions.
+FAILED: ColumnElement[bool] = OutboxMail.state == literal_column(f"'{STATE_FAILED}'")
+Index("ix_outbox_failed", OutboxMail.id, sqlite_where=FAILED, postgresql_where=FAILED)
 _INSERT_OUTBOX_MAIL = insert(OutboxMail.__table__)  # built once: one per mail
 
 
