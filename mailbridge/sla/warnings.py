@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 ACTION_AT_RISK = "sla_at_risk"
 ACTION_BREACHED = "sla_breached"
-CHUNK = 100
 
 
 def _running_clock() -> ColumnElement[bool]:
@@ -59,30 +58,28 @@ def clock_seq(ticket: Ticket) -> int:
     return int(ticket.response_due_at.timestamp() // 60)
 
 
-def warn_responses(db: Database, rules: Rules, now: datetime,
-                   chunk: int = CHUNK) -> tuple[int, int]:
+def warn_responses(db: Database, rules: Rules, now: datetime) -> tuple[int, int]:
     """Warn of the clocks at risk and the ones that broke at `now`: (at risk, breached)."""
     at_risk = and_(_running_clock(), Ticket.response_at_risk_at <= now,
                    Ticket.response_due_at >= now, _not_told(ACTION_AT_RISK))
     breached = and_(_running_clock(), Ticket.response_due_at < now, _not_told(ACTION_BREACHED))
-    return (_warn(db, rules, now, at_risk, ACTION_AT_RISK, chunk),
-            _warn(db, rules, now, breached, ACTION_BREACHED, chunk))
+    return (_warn(db, rules, now, at_risk, ACTION_AT_RISK),
+            _warn(db, rules, now, breached, ACTION_BREACHED))
 
 
 def _warn(db: Database, rules: Rules, now: datetime, condition: ColumnElement[bool],
-          kind: str, chunk: int) -> int:
+          kind: str) -> int:
     told = 0
     # The candidates in one read, through the partial index of unanswered cases: few, even
     # after an outage. Sorted here: an ORDER BY id (or `id > after` pages) would have
     # SQLite walk every case in id order instead.
     with db.reader() as session:
         candidates = sorted(session.scalars(select(Ticket.id).where(condition)))
-    for start in range(0, len(candidates), chunk):
-        for ticket_id in candidates[start:start + chunk]:
-            with db.transaction() as session:
-                ticket = session.scalar(select(Ticket).where(Ticket.id == ticket_id, condition))
-                if ticket is not None and _tell(session, rules, ticket, kind, now):
-                    told += 1
+    for ticket_id in candidates:  # each in its own short write transaction
+        with db.transaction() as session:
+            ticket = session.scalar(select(Ticket).where(Ticket.id == ticket_id, condition))
+            if ticket is not None and _tell(session, rules, ticket, kind, now):
+                told += 1
     return told
 
 
