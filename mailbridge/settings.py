@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     board_session_hours: float = Field(
         default=12.0, gt=0, description="hours a board login lasts"
     )
+    archive_after_days: float = Field(
+        default=90.0, ge=0,
+        description="`mailbridge archive`: days after a case closed (or a caseless mail "
+                    "arrived) before its raw message moves to the compressed archive",
+    )
 
     @field_validator("relay", mode="before")
     @classmethod

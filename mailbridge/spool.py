@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import sqlite3
+import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -49,7 +50,8 @@ BLOB_STREAM_MIN = 1 << 20
 
 
 class InboundRaw(Base):
-    """The bytes of one inbound mail, written once at intake and kept as the archive.
+    """The bytes of one inbound mail, written once at intake; kept here while its case
+    is worked on, then moved compressed to `inbound_raw_archive` (`mailbridge archive`).
 
     Apart from `inbound` because SQLite rewrites a whole row, overflow pages
     included, on any update, and the pipeline updates that row for every mail:
@@ -60,6 +62,43 @@ class InboundRaw(Base):
 
     inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"), primary_key=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# How an archived message is stored: the codec's name is kept with each row, so a
+# later codec can be added without rewriting the archive.
+ARCHIVE_CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    "zlib": (functools.partial(zlib.compress, level=6), zlib.decompress),
+}
+ARCHIVE_CODEC = "zlib"
+
+
+def archive_encode(raw: bytes, codec: str = ARCHIVE_CODEC) -> bytes:
+    return ARCHIVE_CODECS[codec][0](raw)
+
+
+def archive_decode(stored: bytes, codec: str) -> bytes:
+    if codec not in ARCHIVE_CODECS:
+        raise ValueError(f"inbound_raw_archive: unknown codec {codec!r}")
+    return ARCHIVE_CODECS[codec][1](bytes(stored))
+
+
+class InboundRawArchive(Base):
+    """The compressed bytes of a mail moved out of `inbound_raw` (`mailbridge archive`).
+
+    The cold copy of a closed case's mail: `inbound_raw` then holds only the mail
+    still worked on, and a mail is in exactly one of the two tables.
+    """
+
+    __tablename__ = "inbound_raw_archive"
+
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"), primary_key=True)
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    codec: Mapped[str] = mapped_column(String(16))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+    def message(self) -> bytes:
+        """The message as it was stored at intake."""
+        return archive_decode(self.raw, self.codec)
 
 
 class InboundMail(Base):
@@ -85,23 +124,33 @@ class InboundMail(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Loaded only when `raw` is read or written (never by claim or the listings).
     raw_row: Mapped[InboundRaw | None] = relationship(cascade="all, delete-orphan")
+    # Loaded only when `raw` is read and the mail is no longer in `inbound_raw`.
+    archived_row: Mapped[InboundRawArchive | None] = relationship(
+        cascade="all, delete-orphan")
 
     @hybrid_property
     def raw(self) -> bytes | None:
-        """The stored message (None only for a mail stored without one)."""
+        """The stored message, hot or archived (None only for a mail stored without one)."""
         row = self.raw_row
-        return None if row is None else row.raw
+        if row is not None:
+            return row.raw
+        cold = self.archived_row
+        return None if cold is None else cold.message()
 
     @raw.inplace.setter
     def _raw_setter(self, value: bytes) -> None:
         if self.raw_row is None:
             self.raw_row = InboundRaw(raw=value)
+            if self.archived_row is not None:  # one copy only: the new one is hot
+                self.archived_row = None
         else:
             self.raw_row.raw = value
 
     @raw.inplace.expression
     @classmethod
     def _raw_expression(cls) -> ColumnElement[bytes | None]:
+        # SQL sees the hot table only: an archived message is compressed (read it
+        # through the attribute or `archived_raw()`).
         return (
             select(InboundRaw.raw)
             .where(InboundRaw.inbound_id == cls.id)
@@ -278,16 +327,27 @@ def pending_mail(session: Session, inbound_id: int) -> tuple[bytes, str, str] | 
         try:
             with connection.blobopen("inbound_raw", "raw", inbound_id, readonly=True) as blob:
                 raw: bytes | None = blob.read()
-        except sqlite3.OperationalError:  # no such row: nothing to read
-            return None
+        except sqlite3.OperationalError:  # no such row: not hot (archived, or none)
+            raw = None
     elif envelope[2] >= BLOB_STREAM_MIN:
         raw = _read_binary(session, inbound_id, envelope[2])
     else:
         value = session.scalar(select(InboundRaw.raw).where(InboundRaw.inbound_id == inbound_id))
         raw = bytes(value) if value is not None and not isinstance(value, bytes) else value
+    if raw is None:  # never expected (the archive leaves waiting mail hot): read, not lose it
+        raw = archived_raw(session, inbound_id)
     if raw is None:
         return None
     return raw, envelope[0], envelope[1]
+
+
+def archived_raw(session: Session, inbound_id: int) -> bytes | None:
+    """The message of a mail moved to `inbound_raw_archive`, decompressed, else None."""
+    found = session.execute(
+        select(InboundRawArchive.codec, InboundRawArchive.raw)
+        .where(InboundRawArchive.inbound_id == inbound_id)
+    ).first()
+    return None if found is None else archive_decode(found[1], found[0])
 
 
 _PIECE = 1024 * 1024
