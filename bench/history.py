@@ -32,24 +32,97 @@ REPO = Path(__file__).resolve().parents[1]
 BATCH = 20_000
 
 
-def fill(db: Any, cases: int, now: datetime) -> float:
+RAW = (  # one customer mail as it arrived (inbound_raw.raw), ~2 KB with the case's text
+    "Return-Path: <ana@compensar.example>\r\nReceived: from mx.compensar.example "
+    "(mx.compensar.example [192.0.2.10]) by mesa.example with ESMTPS; {date}\r\n"
+    "From: Ana <ana@compensar.example>\r\nTo: soporte-a@mesa.example\r\n"
+    "Cc: luis@compensar.example\r\nSubject: TEN-1001 Falla {tid}\r\nDate: {date}\r\n"
+    "Message-ID: {mid}\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    + "Buenos días, el servicio presenta intermitencia desde esta mañana. " * 22
+    + "\r\n\r\nNombre: Ana\r\nTeléfono: 300 000 0000\r\n")
+
+
+def _next_ids(db: Any) -> tuple[int, int, int]:
+    """Cases already on file, and the next free ticket id/number and inbound id base."""
+    from sqlalchemy import func, select
+
+    from mailbridge.spool import InboundMail
+    from mailbridge.tickets.models import Counter, Ticket
+
+    with db.reader() as session:
+        count = session.scalar(select(func.count()).select_from(Ticket)) or 0
+        base = max(session.scalar(select(func.max(Ticket.id))) or 0,
+                   session.scalar(select(func.max(Ticket.number))) or 0,
+                   session.scalar(select(func.max(Counter.value))) or 0)
+        inbound = session.scalar(select(func.max(InboundMail.id))) or 0
+    return count, base, inbound
+
+
+def _after_fill(db: Any) -> None:
+    """The case-number counter past the filled numbers; on PostgreSQL, the id sequences
+    past the explicit ids (else the daemon's inserts collide) and fresh statistics."""
+    from sqlalchemy import delete, func, insert, select, text
+
+    from mailbridge.tickets.models import Counter, Ticket
+    from mailbridge.tickets.numbering import CASE_COUNTER
+
+    with db.transaction() as session:
+        top = session.scalar(select(func.max(Ticket.number))) or 0
+        session.execute(delete(Counter.__table__).where(Counter.name == CASE_COUNTER))
+        session.execute(insert(Counter.__table__).values(name=CASE_COUNTER, value=top))
+        if not db.is_sqlite:
+            for table in ("tickets", "inbound", "ticket_messages", "ticket_events", "outbox",
+                          "case_actions", "vendor_references"):
+                session.execute(text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"coalesce(max(id), 0) + 1, false) FROM {table}"))
+    if not db.is_sqlite:
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
+
+
+def fill(db: Any, cases: int, now: datetime, *, total: int | None = None,
+         full: bool = False) -> float:
+    """Adds `cases` cases after those on file (ids, numbers and inbound ids past the
+    highest), spread over three years as if `total` (default `cases`) were the last size.
+
+    `full` (bench/scale.py) also writes each message's `inbound` row and stored mail
+    (`inbound_raw`, ~2 KB), a vendor reference on one case in twenty (closed with its
+    case; open ones waiting on the vendor), and puts the open cases in the last half
+    hour (acknowledged, clock running, nothing due yet) so the daemon's first sweep has
+    nothing to tell. SQLite and PostgreSQL (`insert(table)` with lists of dicts on both).
+    """
     from sqlalchemy import insert
 
     from mailbridge.outbound.outbox import OutboxMail
-    from mailbridge.tickets.models import CaseAction, Ticket, TicketEvent, TicketMessage
+    from mailbridge.spool import InboundMail, InboundRaw
+    from mailbridge.tickets.models import (
+        CaseAction,
+        Ticket,
+        TicketEvent,
+        TicketMessage,
+        VendorReference,
+    )
 
-    tables = [model.__table__ for model in (Ticket, TicketMessage, TicketEvent, OutboxMail,
-                                            CaseAction)]
+    models = (Ticket, InboundMail, InboundRaw, TicketMessage, TicketEvent, OutboxMail,
+              CaseAction, VendorReference)
+    tables = [model.__table__ for model in models]
+    existing, base_id, base_inbound = _next_ids(db)
+    total = max(total or 0, existing + cases)
     start = now - timedelta(days=3 * 365)
     span = (now - start).total_seconds()
-    rnd = random.Random(1)
-    opened_from = cases - max(50, cases // 500)
+    rnd = random.Random(base_id + 1)
+    opened_from = cases - max(50, (existing + cases) // 500)
     began = time.perf_counter()
-    for base in range(0, cases, BATCH):
-        rows: list[list[dict[str, Any]]] = [[], [], [], [], []]
-        for i in range(base, min(cases, base + BATCH)):
-            tid, created = i + 1, start + timedelta(seconds=span * i / cases)
+    for batch_start in range(0, cases, BATCH):
+        rows: list[list[dict[str, Any]]] = [[] for _ in tables]
+        for i in range(batch_start, min(cases, batch_start + BATCH)):
+            tid = base_id + i + 1
+            created = start + timedelta(seconds=span * (existing + i) / total)
             is_open = i >= opened_from
+            if is_open and full:
+                created = now - timedelta(seconds=rnd.uniform(60, 1800))
             acked = created + timedelta(seconds=rnd.uniform(0.1, 2))
             rows[0].append(dict(
                 id=tid, number=tid, tenant_id=rnd.choice(["TEN-1001", "TEN-2002"]),
@@ -65,26 +138,52 @@ def fill(db: Any, cases: int, now: datetime) -> float:
                 response_started_at=created, response_at_risk_at=created + timedelta(hours=3),
                 response_due_at=created + timedelta(hours=4)))
             for k, role in enumerate(("customer", "staff")):
-                rows[1].append(dict(
-                    ticket_id=tid, direction="in", author_role=role,
-                    message_id=f"<m{tid}.{k}@cliente.example>", sender="ana@compensar.example",
+                mid = f"<m{tid}.{k}@cliente.example>"
+                inbound_id = None
+                if full:
+                    inbound_id = base_inbound + 2 * (i + 1) - 1 + k
+                    at = created + timedelta(hours=k)
+                    raw = RAW.format(date=at.strftime("%a, %d %b %Y %H:%M:%S +0000"),
+                                     tid=tid, mid=mid).encode()
+                    rows[1].append(dict(
+                        id=inbound_id, received_at=at, channel="smtp", source="127.0.0.1",
+                        mail_from="ana@compensar.example", rcpt_tos=["soporte-a@mesa.example"],
+                        size=len(raw), sha256=f"{tid:032x}{k:032x}", state="done",
+                        outcome="ticket" if k == 0 else "reply", ticket_id=tid,
+                        message_id=mid, attempts=1, processed_at=at))
+                    rows[2].append(dict(inbound_id=inbound_id, raw=raw))
+                rows[3].append(dict(
+                    ticket_id=tid, direction="in", author_role=role, message_id=mid,
+                    sender="ana@compensar.example", inbound_id=inbound_id,
                     subject="Falla", body="Texto del mensaje del caso. " * 12,
                     created_at=created + timedelta(hours=k)))
-            rows[2] += [dict(ticket_id=tid, kind=kind, at=created, data={})
+            rows[4] += [dict(ticket_id=tid, kind=kind, at=created, data={})
                         for kind in ("created", "acked", "closed")]
-            rows[3].append(dict(
+            rows[5].append(dict(
                 created_at=created, kind="ack", ticket_id=tid, trigger_received_at=created,
                 mail_from="soporte-a@mesa.example", rcpt_tos=["ana@compensar.example"],
                 message_id=f"<ack{tid}@mesa.example>", subject=f"[Caso {tid}]",
                 raw=b"x" * 1500, state="sent", attempts=1, next_attempt_at=created,
                 sent_at=acked))
             if i % 10 == 0:
-                rows[4].append(dict(ticket_id=tid, kind="closing_attempt", seq=1, at=created,
+                rows[6].append(dict(ticket_id=tid, kind="closing_attempt", seq=1, at=created,
                                     data={}))
+            if full and i % 20 == 0:
+                sent = created + timedelta(minutes=20)
+                rows[7].append(dict(
+                    ticket_id=tid, target="hibot", kind="ticketing_vendor",
+                    address="soporte@hibot.example",
+                    state="registrado" if is_open else "cerrado", vendor_ticket=f"HB-{tid}",
+                    message_id=f"<esc{tid}@mesa.example>", requested_by="staff@mesa.example",
+                    origin="staff", fields={}, missing_fields=[], created_at=sent,
+                    updated_at=sent, sent_at=sent, registered_at=sent,
+                    awaiting_since=sent if is_open else None,
+                    closed_at=None if is_open else created + timedelta(days=3)))
         with db.transaction() as session:
             for table, batch in zip(tables, rows, strict=True):
                 if batch:
                     session.execute(insert(table), batch)
+    _after_fill(db)
     return time.perf_counter() - began
 
 
