@@ -70,6 +70,12 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
             upgrade(url)
         settings = Settings(data_dir=workdir, database_url=url)
         db = Database(url)
+        try:  # as the daemon does with no webhook target (older trees record every event)
+            from mailbridge.outbound.webhooks import record_events
+        except ImportError:
+            pass
+        else:
+            record_events(db, [])
         corpus = Corpus(args.seed, domain_tag=f"inproc{int(time.time())}")
         slots = corpus.plan(args.mails, reply_ratio=args.reply_ratio)
         openings = [corpus.opening(s.index) for s in slots if s.kind == "opening"]

@@ -264,12 +264,17 @@ class Database:
             else contextlib.nullcontext()
         )
         self.engine = make_engine(url)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Copied into every session's `info`: what the layers above tell their own
+        # statements about this process (e.g. "webhook_events": False, no receivers).
+        self.session_info: dict[str, Any] = {}
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False,
+                                     info=self.session_info)
         self.sqlite_sender_lock = ProcessLock(
             _sqlite_lock_path(url, ".senderlock") if self.is_sqlite else None)
         # SQLite readers must not take the write lock; PostgreSQL needs no split.
         self.read_engine = make_engine(url, immediate=False) if self.is_sqlite else self.engine
-        self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+        self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False,
+                                          info=self.session_info)
 
 
     @contextmanager

@@ -26,7 +26,7 @@ from mailbridge.oauth import REGISTRY as OAUTH_TOKENS
 from mailbridge.oauth import relay_token_source
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.outbound.webhook_sender import WebhookSender
-from mailbridge.outbound.webhooks import load_webhook_targets
+from mailbridge.outbound.webhooks import load_webhook_targets, record_events
 from mailbridge.pipeline import Pipeline, PipelineWorker
 from mailbridge.pipeline.processes import PipelineProcesses
 from mailbridge.pipeline.runner import wait_settled
@@ -59,11 +59,10 @@ class Service:
             )
         self.sender = OutboxSender(self.db, settings)
         # Webhooks (events written in the transactions, like mail), one thread per target.
-        self.webhooks = WebhookSender(
-            self.db, settings,
-            load_webhook_targets(settings.webhooks, path=settings.webhooks_file),
-            describe_case=case_summary_by_id,
-        )
+        targets = load_webhook_targets(settings.webhooks, path=settings.webhooks_file)
+        record_events(self.db, targets)
+        self.webhooks = WebhookSender(self.db, settings, targets,
+                                      describe_case=case_summary_by_id)
         # SLA timers (APScheduler, jobs in this database): escalations, closing, late acks.
         self.sla = SlaScheduler(self.db, settings, self.rules, on_outbox=self._outbox_written)
         accounts = load_imap_accounts(settings.imap_accounts, path=settings.imap_accounts_file)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, func, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from mailbridge.db import Base, UTCDateTime, utcnow
+from mailbridge.db import Base, Database, UTCDateTime, utcnow
 from mailbridge.rules import ConfigProblem, nearest_line, yaml_line_index
 from mailbridge.settings import is_loopback_host
 from mailbridge.tickets.models import Ticket
@@ -97,12 +97,29 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+EVENTS_INFO_KEY = "webhook_events"  # in Session.info: False when nobody receives events
+
+
+def record_events(db: Database, targets: Sequence[WebhookTarget]) -> None:
+    """Whether this process records events: only when some target is configured.
+
+    With none, every event would be published to nobody: a row written in the mail's
+    transaction, then updated and pruned by the publisher (about a tenth of the CPU a
+    mail costs). Targets are read at start, so an event never recorded could not have
+    been delivered. A process that never calls this (the CLI, tests) records them all.
+    """
+    db.session_info[EVENTS_INFO_KEY] = bool(targets)
+
+
 def emit_event(session: Session, event: str, ticket: Ticket | None = None, *,
                at: datetime | None = None, **data: Any) -> None:
     """Record `event` (about `ticket`) in the caller's transaction: it is sent once that
-    commits, and never if it rolls back."""
+    commits, and never if it rolls back. Nothing when no target is configured
+    (`record_events`)."""
     if event not in EVENTS:
         raise ValueError(f"unknown webhook event {event!r}")
+    if session.info.get(EVENTS_INFO_KEY) is False:
+        return
     session.execute(_INSERT_EVENT, [{
         "event_id": str(uuid.uuid4()), "event": event, "occurred_at": at or utcnow(),
         "ticket_id": ticket.id if ticket is not None else None, "data": _plain(data),

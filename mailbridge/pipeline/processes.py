@@ -303,6 +303,7 @@ def child_main() -> int:
     from mailbridge.db import Database
     from mailbridge.logs import setup_logging
     from mailbridge.memory import tune_malloc
+    from mailbridge.outbound.webhooks import load_webhook_targets, record_events
     from mailbridge.pipeline import Pipeline, run_pipeline_loop
     from mailbridge.rules import RulesHolder
     from mailbridge.settings import Settings
@@ -333,6 +334,8 @@ def child_main() -> int:
 
     rules = RulesHolder(settings.rules)
     db = Database(settings.resolved_database_url)
+    # As the parent: events only when a webhook target is configured (it checked them).
+    record_events(db, load_webhook_targets(settings.webhooks, path=settings.webhooks_file))
     report: dict[str, int] = {"outbox": 0, "imap": 0}
     deltas = CounterDeltas()
 

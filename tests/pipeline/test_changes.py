@@ -108,3 +108,18 @@ def test_an_event_is_never_left_by_a_transaction_that_rolled_back(db, settings, 
     assert _events(db, "case.updated")[-1]["changes"] == {
         "owner": {"from": None, "to": "carlos@mesa.example"}}
     assert [o["kind"] for o in case(db, 1)["outbound"]][-1] == "staff_assigned"
+
+
+def test_without_a_webhook_target_no_event_is_recorded(db, settings, rules) -> None:
+    """The daemon with no receiver configured (record_events with none) keeps no event
+    rows: nothing would ever be delivered, and each cost a write and a publication."""
+    from mailbridge.outbound.webhooks import WebhookTarget, record_events
+
+    record_events(db, [])
+    _open_two(db, settings, rules)
+    assert _events(db, "case.created") == []
+    assert case(db, 2)["status"] == "abierto"  # the cases themselves are untouched
+    record_events(db, [WebhookTarget(name="jira", url="https://jira.example/hook",
+                                    secret_env="JIRA_WEBHOOK_SECRET")])
+    deliver(db, settings, rules, opening_mail(subject="TEN-1001 Tercer asunto distinto").as_bytes())
+    assert [e["ticket_id"] for e in _events(db, "case.created")] == [3]

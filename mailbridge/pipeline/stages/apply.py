@@ -81,6 +81,9 @@ class Apply:
             created_at=ctx.now,
             updated_at=ctx.now,
             ack_due_at=ctx.inbound.received_at + timedelta(seconds=ctx.settings.ack_deadline),
+            # The acknowledgement asks for what is missing: chased from here (set in the
+            # INSERT: after it, an UPDATE of its own).
+            waiting_since=ctx.now if ctx.missing_fields else None,
         )
         # Seed 003: the response clock, from the tenant's plan and calendar.
         start_response_clock(ticket, ctx.rules, ctx.tenant, ctx.inbound.received_at)
@@ -103,8 +106,6 @@ class Apply:
                 "secret_kinds": ctx.secret_kinds,
             },
         )
-        if ticket.missing_fields:
-            ticket.waiting_since = ctx.now  # the acknowledgement asked: chased from here
         tell_queue_of_new_case(ctx, ticket)
         ctx.opened_case = True  # counted in mailbridge_tickets_created_total once committed
         return Outcome("ticket", f"case {ticket.number}")
