@@ -346,7 +346,8 @@ def _ms(seconds: float | None) -> str:
 def table(report: dict[str, Any]) -> str:
     head = ["backend", "cases filled", "fill s", "e2e msgs/s", "CPU ms/mail (x empty)",
             "steady 250→ack p50 / p99 ms", "sweep round ms (first)", "status ms",
-            "CLI list / show ms", "API list / show p50 ms", "DB MB", "RSS idle / peak MB"]
+            "CLI list / show ms", "API list / filtered list / show p50 ms", "DB MB",
+            "RSS idle / peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in report["runs"]:
         base = None
@@ -365,7 +366,8 @@ def table(report: dict[str, Any]) -> str:
                 f"{sw['steady_round']['total_wall_ms']} ({sw['first_round']['total_wall_ms']})",
                 str(sw["status_report_ms"]),
                 f"{sw['cli_tickets_list_ms']:.0f} / {sw['cli_tickets_show_ms']:.0f}",
-                f"{row['api']['list']['p50_ms']} / {row['api']['show']['p50_ms']}",
+                f"{row['api']['list']['p50_ms']} / {row['api']['list_filtered']['p50_ms']} / "
+                f"{row['api']['show']['p50_ms']}",
                 f"{row['db_bytes'] / MB:,.0f}",
                 f"{(row.get('rss_idle') or 0) / MB:.0f} / {(mem.get('VmHWM') or 0) / MB:.0f}",
             ]) + " |")
@@ -388,12 +390,19 @@ def plot(report: dict[str, Any], path: Path) -> str:
          lambda r: 1000 * (r.get("steady", {}).get("ack_after_250", {}).get("p99") or 0)),
         ("one steady round of every sweep, ms",
          lambda r: r["sweeps"]["steady_round"]["total_wall_ms"]),
-        ("API GET /api/v1/cases/{n} p50, ms", lambda r: r["api"]["show"]["p50_ms"]),
+        ("API p50, ms: GET /api/v1/cases/{n} (o), ?sla_state&tenant (x)",
+         lambda r: r["api"]["show"]["p50_ms"]),
     ]
+    extra = {3: lambda r: r["api"]["list_filtered"]["p50_ms"]}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for ax, (title, pick) in zip(axes.flat, panels, strict=True):
+    for index, (ax, (title, pick)) in enumerate(zip(axes.flat, panels, strict=True)):
         for k, run in enumerate(report["runs"]):
             color = f"C{k}"
+            if index in extra:
+                more = [(r["cases"], extra[index](r)) for r in run["sizes"]
+                        if r["cases_target"] > 0]
+                if more:
+                    ax.plot(*zip(*more, strict=True), "x:", color=color)
             points = [(r["cases"], pick(r)) for r in run["sizes"] if r["cases_target"] > 0]
             empty = [pick(r) for r in run["sizes"] if r["cases_target"] == 0]
             if points:
