@@ -322,23 +322,29 @@ def pending_mail(session: Session, inbound_id: int) -> tuple[bytes, str, str] | 
     ).first()
     if envelope is None:
         return None
-    if session.get_bind().dialect.name == "sqlite":
-        connection = session.connection().connection.driver_connection
-        try:
-            with connection.blobopen("inbound_raw", "raw", inbound_id, readonly=True) as blob:
-                raw: bytes | None = blob.read()
-        except sqlite3.OperationalError:  # no such row: not hot (archived, or none)
-            raw = None
-    elif envelope[2] >= BLOB_STREAM_MIN:
-        raw = _read_binary(session, inbound_id, envelope[2])
-    else:
-        value = session.scalar(select(InboundRaw.raw).where(InboundRaw.inbound_id == inbound_id))
-        raw = bytes(value) if value is not None and not isinstance(value, bytes) else value
+    raw = hot_raw(session, inbound_id, envelope[2])
     if raw is None:  # never expected (the archive leaves waiting mail hot): read, not lose it
         raw = archived_raw(session, inbound_id)
     if raw is None:
         return None
     return raw, envelope[0], envelope[1]
+
+
+def hot_raw(session: Session, inbound_id: int, size: int) -> bytes | None:
+    """The message in `inbound_raw` (`size` as stored at intake), else None: read as
+    `pending_raw` says, without the copies a selected value costs."""
+    if session.get_bind().dialect.name == "sqlite":
+        connection = session.connection().connection.driver_connection
+        try:
+            with connection.blobopen("inbound_raw", "raw", inbound_id, readonly=True) as blob:
+                data: bytes = blob.read()
+                return data
+        except sqlite3.OperationalError:  # no such row: not hot (archived, or none)
+            return None
+    if size >= BLOB_STREAM_MIN:
+        return _read_binary(session, inbound_id, size)
+    value = session.scalar(select(InboundRaw.raw).where(InboundRaw.inbound_id == inbound_id))
+    return bytes(value) if value is not None and not isinstance(value, bytes) else value
 
 
 def archived_raw(session: Session, inbound_id: int) -> bytes | None:

@@ -218,6 +218,18 @@ def test_a_crash_inside_a_chunk_rolls_the_chunk_back(db, desk) -> None:
     assert read(db, list(desk["raws"])) == desk["raws"]
 
 
+@pytest.mark.parametrize(("window_rows", "chunk_rows"), [(3, 2), (3, 5), (1, 1)])
+def test_small_windows_and_chunks_move_the_same_mails(db, desk, window_rows, chunk_rows) -> None:
+    report = archive_closed_mail(db, now=NOW, older_than_days=90, window_rows=window_rows,
+                                 chunk_rows=chunk_rows)
+    assert report.moved == 6 and cold(db) == set(desk["movable"])
+    assert hot(db) == set(desk["staying"])
+    assert read(db, list(desk["raws"])) == desk["raws"]
+    dry = archive_closed_mail(db, now=NOW, older_than_days=5, dry_run=True,
+                              window_rows=window_rows, chunk_rows=chunk_rows)
+    assert dry.moved == 4  # recently closed (2), the late reply, the recent caseless mail
+
+
 def test_a_chunk_stops_at_its_byte_budget(db, desk) -> None:
     report = archive_closed_mail(db, now=NOW, older_than_days=90, chunk_bytes=1)
     assert report.moved == 6 and report.chunks == 6  # one mail per chunk, never none
