@@ -77,7 +77,7 @@ def insert_outbox_mail(
     values = _row_values(draft, kind=kind, ticket_id=ticket_id, inbound_id=inbound_id,
                          trigger_received_at=trigger_received_at, envelope_from=envelope_from,
                          templates_dir=templates_dir)
-    session.execute(_INSERT_OUTBOX_MAIL, [values])
+    session.connection().execute(_INSERT_OUTBOX_MAIL, [values])
     return str(values["message_id"])
 
 

@@ -120,7 +120,7 @@ def emit_event(session: Session, event: str, ticket: Ticket | None = None, *,
         raise ValueError(f"unknown webhook event {event!r}")
     if session.info.get(EVENTS_INFO_KEY) is False:
         return
-    session.execute(_INSERT_EVENT, [{
+    session.connection().execute(_INSERT_EVENT, [{
         "event_id": str(uuid.uuid4()), "event": event, "occurred_at": at or utcnow(),
         "ticket_id": ticket.id if ticket is not None else None, "data": _plain(data),
         "body": None, "published_at": None,

@@ -22,6 +22,7 @@ from mailbridge.tickets.models import (
 )
 
 # Inserts built once, on the tables: rows nobody in the transaction reads back as objects.
+# Run on the session's connection (Session.execute costs ~20 us more a statement).
 _TICKET_COLUMNS = [c for c in Ticket.__table__.columns if not c.primary_key]
 _INSERT_TICKET = insert(Ticket.__table__).returning(Ticket.__table__.c.id)
 _INSERT_MESSAGE = insert(TicketMessage.__table__).returning(TicketMessage.__table__.c.id)
@@ -65,15 +66,15 @@ def insert_case(session: Session, ticket: Ticket) -> None:
         if column.key not in state and column.default is None:
             setattr(ticket, column.key, None)
     values = {c.key: state[c.key] for c in _TICKET_COLUMNS if c.key in state}
-    ticket.id = session.execute(_INSERT_TICKET, values).scalar_one()
+    ticket.id = session.connection().execute(_INSERT_TICKET, values).scalar_one()
     make_transient_to_detached(ticket)
     session.add(ticket)
 
 
 def add_event(ctx: MailContext, ticket_id: int, kind: str, data: dict[str, Any]) -> None:
     """One event row, inserted now: nothing in the transaction reads it back as an object."""
-    ctx.session.execute(_INSERT_EVENT,
-                        [{"ticket_id": ticket_id, "kind": kind, "at": ctx.now, "data": data}])
+    ctx.session.connection().execute(
+        _INSERT_EVENT, [{"ticket_id": ticket_id, "kind": kind, "at": ctx.now, "data": data}])
 
 
 def record_secrets(ctx: MailContext, ticket: Ticket) -> None:
@@ -116,7 +117,7 @@ def take_copies(ctx: MailContext, ticket: Ticket) -> None:
 def record_message(ctx: MailContext, ticket: Ticket) -> int:
     """The mail as a message of the case, with its evidence; returns the message's id."""
     ctx.session.flush()  # the case and what the stages changed go first, as before
-    message_pk = ctx.session.execute(_INSERT_MESSAGE, {
+    message_pk = ctx.session.connection().execute(_INSERT_MESSAGE, {
         "ticket_id": ticket.id,
         "inbound_id": ctx.inbound.id,
         "direction": "in",
@@ -150,7 +151,7 @@ def _record_attachments(ctx: MailContext, ticket: Ticket, message_pk: int) -> No
             "stored": stored,
         })
     if rows:
-        ctx.session.execute(_INSERT_ATTACHMENTS, rows)
+        ctx.session.connection().execute(_INSERT_ATTACHMENTS, rows)
 
 
 def find_look_alike(ctx: MailContext, subject_key: str) -> Ticket | None:
@@ -165,11 +166,11 @@ def find_look_alike(ctx: MailContext, subject_key: str) -> Ticket | None:
         return None
     window = timedelta(hours=ctx.rules.desk.duplicate_window_hours)
     params = {"tenant_id": ctx.tenant_id, "subject_key": subject_key, "since": ctx.now - window}
-    ticket_id = ctx.session.execute(_LOOK_ALIKE, params).scalar()
+    ticket_id = ctx.session.connection().execute(_LOOK_ALIKE, params).scalar()
     if ticket_id is None:
         words = subject_words(subject_key, ignore=ctx.tenant_id)
         if len(words) >= 2:
-            for candidate_id, key in ctx.session.execute(_OPEN_SUBJECTS, params):
+            for candidate_id, key in ctx.session.connection().execute(_OPEN_SUBJECTS, params):
                 if close_subjects(words, subject_words(key, ignore=ctx.tenant_id)):
                     ticket_id = candidate_id
                     break

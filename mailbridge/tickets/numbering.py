@@ -31,7 +31,7 @@ _TAKE_CASE_NUMBER = (
 def next_case_number(session: Session) -> int:
     """Take the next number inside the caller's transaction (row lock on PostgreSQL)."""
     stmt = _TAKE_CASE_NUMBER
-    value = session.execute(stmt).scalar_one_or_none()
+    value = session.connection().execute(stmt).scalar_one_or_none()
     if value is not None:
         return int(value)
     # First case ever: create the row without racing another worker doing the same

@@ -24,7 +24,7 @@ class Deduplicate:
         msgid = ctx.mail.message_id
         if not msgid:
             return None
-        seen = ctx.session.execute(_SEEN_MESSAGE, {"message_id": msgid}).scalar()
+        seen = ctx.session.connection().execute(_SEEN_MESSAGE, {"message_id": msgid}).scalar()
         if seen is not None:
             ctx.inbound.ticket_id = seen
             return Outcome("duplicate", f"Message-ID {msgid} already on a case")

@@ -45,8 +45,8 @@ class Thread:
         refs = [r for r in [ctx.mail.in_reply_to, *reversed(ctx.mail.references)] if r]
         if refs:
             ticket_id = (
-                ctx.session.execute(_CASE_BY_MESSAGE, {"refs": refs}).scalar()
-                or ctx.session.execute(_CASE_BY_OUR_MAIL, {"refs": refs}).scalar()
+                ctx.session.connection().execute(_CASE_BY_MESSAGE, {"refs": refs}).scalar()
+                or ctx.session.connection().execute(_CASE_BY_OUR_MAIL, {"refs": refs}).scalar()
             )
             if ticket_id is not None:
                 ctx.ticket = ctx.session.get(Ticket, ticket_id)
