@@ -770,6 +770,8 @@ def workers_table(report: dict[str, Any]) -> str:
     row("CPU s: per daemon; load harness; cores busy", "",
         lambda r: f"{r['daemon_cpu_seconds']}; {r.get('harness_cpu_seconds', '-')}; "
                   f"{r['cpu_cores_busy']}")
+    row("CPU s by thread (first daemon, top 4)", "",
+        lambda r: ", ".join(f"{k} {v:.1f}" for k, v in list(r['cpu_by_thread'][0].items())[:4]))
     row("max unprocessed / unsent", "",
         lambda r: f"{r['queues']['max_inbound_new']} / {r['queues']['max_outbox_pending']}")
     row("250'd / tickets / acked openings", "",

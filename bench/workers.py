@@ -25,8 +25,10 @@ from harness import (
     DaemonProcess,
     Sampler,
     SinkProcess,
+    cpu_by_thread,
     make_workdir,
     mono_now,
+    thread_names,
 )
 from load import SmtpConn, Tracker, run_burst
 
@@ -110,6 +112,7 @@ def workers_run(
         _log(f"{workers} worker(s) on one PostgreSQL database: smtp ports "
              f"{[d.smtp_port for d in daemons]}")
         cpu0 = [daemon.cpu_seconds() for daemon in daemons]
+        threads0 = [daemon.thread_cpu() for daemon in daemons]
         pg0 = postgres_cpu(server.data)
         # The load's own share of the two cores: client threads here, the relay sink.
         harness0 = time.process_time() + _cpu_seconds(sink.proc.pid)  # type: ignore[union-attr]
@@ -118,7 +121,13 @@ def workers_run(
         start, last_250 = run_burst(tracker, [d.smtp_port for d in daemons], clients, timeout)
         drained = wait_drained(daemons[0], tracker, drain_timeout)
         cpu1 = [daemon.cpu_seconds() for daemon in daemons]
+        threads1 = [daemon.thread_cpu() for daemon in daemons]
         pg1 = postgres_cpu(server.data)
+        # Where each daemon's CPU went (intake on the main thread's loop, the pipeline,
+        # the sender, ...): what a worker more or less would change.
+        result["cpu_by_thread"] = [
+            cpu_by_thread(before, after, thread_names(daemon.pid))
+            for daemon, before, after in zip(daemons, threads0, threads1, strict=True)]
         harness = time.process_time() + _cpu_seconds(sink.proc.pid) - harness0  # type: ignore[union-attr]
         result["queues"] = sampler.stop()
         ends = [min(t) for t in tracker.acks.values()]
