@@ -117,6 +117,36 @@ def db_size(daemon: DaemonProcess) -> int:
                if p.exists())
 
 
+def postgres_server(tree: Path, durable: bool) -> Any:
+    """bench/workers.py's private PostgreSQL; `durable`: restarted without the test
+    server's `-c fsync=off -c synchronous_commit=off -c full_page_writes=off`. (Its
+    `start_postgres(durable=True)` uses ALTER SYSTEM, which options given on the command
+    line override: SHOW fsync stays off.)"""
+    server = start_postgres(tree, durable=False)
+    if durable:
+        options = (f"-p {server.port} -k {server.base} -c listen_addresses=127.0.0.1 "
+                   "-c max_connections=300")
+        done = server._run(str(server.bin / "pg_ctl"), "-D", str(server.data), "-l",
+                           str(server.base / "log"), "-o", options, "-w", "-t", "60",
+                           "restart")
+        if done.returncode != 0:
+            server.stop()
+            raise RuntimeError(f"pg_ctl restart failed: {done.stderr}")
+        settings = postgres_settings(server.url())
+        if "fsync=on" not in settings or "synchronous_commit=on" not in settings:
+            server.stop()
+            raise RuntimeError(f"PostgreSQL is not durable: {settings}")
+    return server
+
+
+def postgres_settings(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:
+        return ", ".join(f"{name}={conn.execute(f'SHOW {name}').fetchone()[0]}"
+                         for name in ("fsync", "synchronous_commit", "full_page_writes"))
+
+
 # --- the load ----------------------------------------------------------------------------
 
 
@@ -304,10 +334,10 @@ def run_backend(backend: str, sizes: list[int], args: argparse.Namespace,
     try:
         url = None
         if backend == "postgresql":
-            server = start_postgres(args.tree_path, durable=not args.pg_fast)
+            server = postgres_server(args.tree_path, durable=not args.pg_fast)
             url = server.create_database()
-            out["postgres"] = ("test settings (fsync off)" if args.pg_fast
-                               else "durable (fsync, synchronous_commit on)")
+            out["postgres"] = postgres_settings(server.url())
+            log(f"postgresql: {out['postgres']}")
         daemon = DaemonProcess(workdir / "data", sink.port, rules=rules, database_url=url,
                                env={"MAILBRIDGE_LOG_LEVEL": "WARNING"}, tree=args.tree_path)
         daemon.upgrade()
@@ -447,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pg-fast", action="store_true",
-                        help="PostgreSQL with the test server's fsync=off (default durable)")
+                        help="PostgreSQL with the test server's fsync, synchronous_commit and "
+                             "full_page_writes off (default: on, the server's defaults)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG to write")
     parser.add_argument("--auto-reply-limit", type=int, default=1_000_000)
     parser.add_argument("--tree", default="working",
