@@ -62,7 +62,7 @@ from harness import (
 from history import fill, measure
 from load import Tracker, run_burst
 from steady import steady_phase
-from workers import postgres_cpu, start_postgres
+from workers import postgres_cpu, postgres_settings, start_postgres
 
 MB = 1e6
 # Measured at 10k-100k cases (full fill): cases per second, and bytes on disk per case.
@@ -118,33 +118,9 @@ def db_size(daemon: DaemonProcess) -> int:
 
 
 def postgres_server(tree: Path, durable: bool) -> Any:
-    """bench/workers.py's private PostgreSQL; `durable`: restarted without the test
-    server's `-c fsync=off -c synchronous_commit=off -c full_page_writes=off`. (Its
-    `start_postgres(durable=True)` uses ALTER SYSTEM, which options given on the command
-    line override: SHOW fsync stays off.)"""
-    server = start_postgres(tree, durable=False)
-    if durable:
-        options = (f"-p {server.port} -k {server.base} -c listen_addresses=127.0.0.1 "
-                   "-c max_connections=300")
-        done = server._run(str(server.bin / "pg_ctl"), "-D", str(server.data), "-l",
-                           str(server.base / "log"), "-o", options, "-w", "-t", "60",
-                           "restart")
-        if done.returncode != 0:
-            server.stop()
-            raise RuntimeError(f"pg_ctl restart failed: {done.stderr}")
-        settings = postgres_settings(server.url())
-        if "fsync=on" not in settings or "synchronous_commit=on" not in settings:
-            server.stop()
-            raise RuntimeError(f"PostgreSQL is not durable: {settings}")
-    return server
-
-
-def postgres_settings(url: str) -> str:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:
-        return ", ".join(f"{name}={conn.execute(f'SHOW {name}').fetchone()[0]}"
-                         for name in ("fsync", "synchronous_commit", "full_page_writes"))
+    """bench/workers.py's private PostgreSQL (`durable`: fsync and synchronous commit
+    on, checked with SHOW)."""
+    return start_postgres(tree, durable=durable)
 
 
 # --- the load ----------------------------------------------------------------------------

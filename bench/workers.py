@@ -82,10 +82,32 @@ def start_postgres(tree: Path, durable: bool) -> Any:
                            "(scripts/install-test-deps.sh installs them)")
     server = PostgresServer().start()
     if durable:
-        for setting in ("fsync = on", "synchronous_commit = on", "full_page_writes = on"):
-            server._admin(f"ALTER SYSTEM SET {setting}")
-        server._admin("SELECT pg_reload_conf()")
+        # Restarted without the test server's `-c fsync=off -c synchronous_commit=off -c
+        # full_page_writes=off`: options on the command line win over ALTER SYSTEM (used
+        # here until 2026-12-03, SHOW fsync stayed off: the earlier "durable" figures
+        # were not).
+        options = (f"-p {server.port} -k {server.base} -c listen_addresses=127.0.0.1 "
+                   "-c max_connections=300")
+        done = server._run(str(server.bin / "pg_ctl"), "-D", str(server.data), "-l",
+                           str(server.base / "log"), "-o", options, "-w", "-t", "60",
+                           "restart")
+        if done.returncode != 0:
+            server.stop()
+            raise RuntimeError(f"pg_ctl restart failed: {done.stderr}")
+        settings = postgres_settings(server.url())
+        if "fsync=on" not in settings or "synchronous_commit=on" not in settings:
+            server.stop()
+            raise RuntimeError(f"PostgreSQL is not durable: {settings}")
     return server
+
+
+def postgres_settings(url: str) -> str:
+    """fsync, synchronous_commit and full_page_writes as the server says (SHOW)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:
+        return ", ".join(f"{name}={conn.execute(f'SHOW {name}').fetchone()[0]}"  # type: ignore[index]
+                         for name in ("fsync", "synchronous_commit", "full_page_writes"))
 
 
 def workers_run(
