@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -111,27 +112,31 @@ def list_tickets(
     session: Session, *, status: str | None = None, tenant_id: str | None = None,
     owner: str | None = None, queue: str | None = None, priority: str | None = None,
     sla_state: str | None = None, limit: int = 100, offset: int = 0,
+    at: datetime | None = None,
 ) -> list[Ticket]:
-    """Cases, newest first, filtered by what a desk sorts its work by."""
+    """Cases, newest first, filtered by what a desk sorts its work by (the SLA state as
+    of `at`, default now)."""
     stmt = select(Ticket).order_by(Ticket.number.desc()).limit(limit).offset(offset)
     return list(session.scalars(_filtered(stmt, status=status, tenant_id=tenant_id, owner=owner,
-                                          queue=queue, priority=priority, sla_state=sla_state)))
+                                          queue=queue, priority=priority, sla_state=sla_state,
+                                          at=at)))
 
 
 def count_tickets(
     session: Session, *, status: str | None = None, tenant_id: str | None = None,
     owner: str | None = None, queue: str | None = None, priority: str | None = None,
-    sla_state: str | None = None,
+    sla_state: str | None = None, at: datetime | None = None,
 ) -> int:
     """How many cases `list_tickets` would find with no limit (the API's `total`)."""
     stmt = select(func.count()).select_from(Ticket)  # count(id) reads more at 1M cases
     return int(session.scalar(_filtered(stmt, status=status, tenant_id=tenant_id, owner=owner,
                                         queue=queue, priority=priority,
-                                        sla_state=sla_state)) or 0)
+                                        sla_state=sla_state, at=at)) or 0)
 
 
 def _filtered(stmt: Any, *, status: str | None, tenant_id: str | None, owner: str | None,
-              queue: str | None, priority: str | None, sla_state: str | None) -> Any:
+              queue: str | None, priority: str | None, sla_state: str | None,
+              at: datetime | None = None) -> Any:
     if status:
         stmt = stmt.where(Ticket.status == status)
     if tenant_id:
@@ -144,7 +149,7 @@ def _filtered(stmt: Any, *, status: str | None, tenant_id: str | None, owner: st
     if priority:
         stmt = stmt.where(Ticket.priority == priority.upper())
     if sla_state:
-        stmt = stmt.where(clock_state_is(sla_state, utcnow()))
+        stmt = stmt.where(clock_state_is(sla_state, at or utcnow()))
     return stmt
 
 

@@ -21,6 +21,7 @@ from mailbridge.service_levels.clocks import (
 )
 from mailbridge.tickets.models import (
     ACKED_LATE,
+    CLOCK_RUNNING,
     STATUS_CLOSED,
     STATUS_RESOLVED,
     UNANSWERED,
@@ -141,14 +142,20 @@ def clock_state_is(state: str, now: datetime) -> ColumnElement[bool]:
     """SQL for "the response clock's state at `now` is `state`" (`response_state` in SQL),
     for listing cases by SLA state."""
     t = Ticket
-    running = and_(t.response_due_at.is_not(None), t.first_response_at.is_(None))
+    running = CLOCK_RUNNING
+    # The states of a running clock start from its partial index, as a subquery: with
+    # the terms beside the others, SQLite walked the tenant's cases instead (20-38 ms
+    # at 100,000 cases -> 1-2 ms). "vencido" and "cumplido" include the answered
+    # history: they have no such bound.
+    ticking = t.id.in_(select(t.id).where(running).scalar_subquery())
     conditions: dict[str, ColumnElement[bool]] = {
-        "en_pausa": and_(running, t.response_paused_at.is_not(None)),
+        "en_pausa": and_(ticking, running, t.response_paused_at.is_not(None)),
         "vencido": or_(and_(running, t.response_paused_at.is_(None), t.response_due_at < now),
                        t.first_response_at > t.response_due_at),
-        "en_riesgo": and_(running, t.response_paused_at.is_(None), t.response_due_at >= now,
+        "en_riesgo": and_(ticking, running, t.response_paused_at.is_(None),
+                          t.response_due_at >= now,
                           func.coalesce(t.response_at_risk_at, t.response_due_at) <= now),
-        "a_tiempo": and_(running, t.response_paused_at.is_(None),
+        "a_tiempo": and_(ticking, running, t.response_paused_at.is_(None),
                          func.coalesce(t.response_at_risk_at, t.response_due_at) > now),
         "cumplido": t.first_response_at <= t.response_due_at,
     }

@@ -271,6 +271,10 @@ UNANSWERED: ColumnElement[bool] = and_(Ticket.first_response_at.is_(None), NOT_C
 ANSWERED_LATE_UNTOLD: ColumnElement[bool] = and_(
     Ticket.response_breached_at.is_(None), Ticket.first_response_at > Ticket.response_due_at
 )
+# The response clock runs (or is paused): what listing by SLA state starts from. Closed
+# cases never answered stay in it (their state is still computed from the clock).
+CLOCK_RUNNING: ColumnElement[bool] = and_(
+    Ticket.response_due_at.is_not(None), Ticket.first_response_at.is_(None))
 
 
 def _partial(name: str, column: object, where: ColumnElement[bool]) -> Index:
@@ -282,3 +286,4 @@ _partial("ix_tickets_acked_late", Ticket.acked_at, ACKED_LATE)
 _partial("ix_tickets_ack_late_untold", Ticket.id, ACK_LATE_UNTOLD)
 _partial("ix_tickets_unanswered", Ticket.response_due_at, UNANSWERED)
 _partial("ix_tickets_answered_late_untold", Ticket.id, ANSWERED_LATE_UNTOLD)
+_partial("ix_tickets_clock_running", Ticket.response_due_at, CLOCK_RUNNING)

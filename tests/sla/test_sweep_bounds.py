@@ -276,3 +276,42 @@ def test_an_ack_sent_late_and_an_answer_given_late_are_each_told_once(db, settin
     assert watch_acks(db, later) == 1 and watch_responses(db, later) == 1
     assert watch_acks(db, later) == 0 and watch_responses(db, later) == 0
     assert len(events(db, 1, "ack_late")) == 1 and len(events(db, 1, "sla_breached")) == 1
+
+
+def test_listing_running_clocks_by_state_does_not_read_the_closed_history(
+        db, settings, rules) -> None:
+    """Issue 21.2: `?sla_state=a_tiempo|en_riesgo|en_pausa` (the API, `tickets list --sla`)
+    start from the cases whose clock runs (ix_tickets_clock_running), with the tenant or
+    without; what they find is what `response_state` says of each case."""
+    from mailbridge.sla.cases import response_state
+    from mailbridge.views import count_tickets, list_tickets
+
+    deliver_at(db, settings, rules, opening(subject="Reloj corriendo"), OPENED)
+    at = OPENED + timedelta(minutes=30)
+    with db.transaction() as session:
+        ticket = session.scalars(select(Ticket)).one()
+        expected = response_state(ticket, at)
+    assert expected in ("a_tiempo", "en_riesgo")
+
+    def listing() -> tuple[int, list[list[int]]]:
+        found = []
+        counting = sqlite_steps(db) if db.is_sqlite else contextlib.nullcontext([0])
+        with counting as steps, db.reader() as session:
+            for tenant in ("TEN-1001", None):
+                for state in ("a_tiempo", "en_riesgo", "en_pausa"):
+                    cases = [t.number for t in list_tickets(session, tenant_id=tenant,
+                                                           sla_state=state, at=at)]
+                    assert count_tickets(session, tenant_id=tenant, sla_state=state,
+                                         at=at) == len(cases)
+                    found.append(cases)
+        return steps[0], found
+
+    _add_history(db, 300, 10_000)
+    small, found = listing()
+    assert found == [[1] if state == expected else [] for _tenant in (1, 2)
+                     for state in ("a_tiempo", "en_riesgo", "en_pausa")]
+    _add_history(db, 3000, 20_000)
+    large, found_again = listing()
+    assert found_again == found
+    if db.is_sqlite:
+        assert large < small * 1.5 + 5, (small, large)
