@@ -6,9 +6,12 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 log = logging.getLogger("mailbridge.cli")
 
@@ -468,19 +471,38 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     return 65 if result.status == MISSING else 1
 
 
-def cmd_escalation_sweep(args: argparse.Namespace) -> int:
-    """Remind targets whose answer is overdue and tell staff (cron; idempotent)."""
-    from datetime import UTC, datetime
+class _BadNow(ValueError):
+    pass
+
+
+def _now(args: argparse.Namespace) -> datetime:
+    """`--now` as an aware datetime (UTC when it names no zone), else the current time;
+    raises _BadNow (the caller prints it, exit 64) when it is not ISO 8601."""
+    from datetime import UTC
+    from datetime import datetime as _datetime
 
     from mailbridge.db import utcnow
+
+    if not args.now:
+        return utcnow()
+    try:
+        now = _datetime.fromisoformat(args.now)
+    except ValueError:
+        raise _BadNow(f"error: --now {args.now!r} is not an ISO 8601 time") from None
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now
+
+
+def cmd_escalation_sweep(args: argparse.Namespace) -> int:
+    """Remind targets whose answer is overdue and tell staff (cron; idempotent)."""
     from mailbridge.escalation.reminders import remind_overdue_vendors
 
     settings = _settings()
     rules = _rules(settings)
-    now = utcnow()
-    if args.now:
-        now = datetime.fromisoformat(args.now)
-        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    try:
+        now = _now(args)
+    except _BadNow as exc:
+        print(exc, file=sys.stderr)
+        return 64
     done = remind_overdue_vendors(_db(settings), rules, now)
     if args.json:
         _print_json(done)
@@ -494,21 +516,15 @@ def cmd_escalation_sweep(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Every scheduled sweep once at `--now` (the scheduler's own code; idempotent)."""
-    from datetime import UTC, datetime
-
-    from mailbridge.db import utcnow
     from mailbridge.sla.sweep import sweep_all
 
     settings = _settings()
     rules = _rules(settings)
-    now = utcnow()
-    if args.now:
-        try:
-            now = datetime.fromisoformat(args.now)
-        except ValueError:
-            print(f"error: --now {args.now!r} is not an ISO 8601 time", file=sys.stderr)
-            return 64
-        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    try:
+        now = _now(args)
+    except _BadNow as exc:
+        print(exc, file=sys.stderr)
+        return 64
     results = sweep_all(_db(settings), rules, now)
     report = {"now": now.isoformat(), "sweeps": {k: r.done for k, r in results.items()}}
     if args.json:
@@ -522,20 +538,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     """Move closed cases' raw mail to the compressed archive (for a daily timer; idempotent)."""
-    from datetime import UTC, datetime
-
     from mailbridge.archive import ArchiveReport, archive_closed_mail
-    from mailbridge.db import utcnow
 
     settings = _settings()
-    now = utcnow()
-    if args.now:
-        try:
-            now = datetime.fromisoformat(args.now)
-        except ValueError:
-            print(f"error: --now {args.now!r} is not an ISO 8601 time", file=sys.stderr)
-            return 64
-        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    try:
+        now = _now(args)
+    except _BadNow as exc:
+        print(exc, file=sys.stderr)
+        return 64
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return 64

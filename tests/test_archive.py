@@ -324,3 +324,15 @@ def test_archive_units_verify(tmp_path) -> None:
     problems = [line for line in result.stderr.splitlines()
                 if "mailbridge-archive" in line and "not executable" not in line]
     assert problems == [], result.stderr
+
+
+@pytest.mark.parametrize("command", [["archive"], ["sweep"], ["escalation", "sweep"]])
+def test_a_bad_now_is_refused_before_anything_moves(
+        db, settings, desk, monkeypatch, capsys, command: list[str]) -> None:
+    """The timed commands share one `--now` reader: not ISO 8601 is exit 64 and a line
+    on stderr, with nothing archived or swept."""
+    environment(monkeypatch, settings)
+    before = hot(db)
+    assert main([*command, "--now", "mañana"]) == 64
+    assert "is not an ISO 8601 time" in capsys.readouterr().err
+    assert hot(db) == before

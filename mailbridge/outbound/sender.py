@@ -10,6 +10,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -526,20 +527,15 @@ class OutboxSender(BackgroundLoop):
                 return
             limit -= len(rows)
             after = rows[-1][0]
-            accepted, partly, refused = self._transmit_rows(rows)
+            handed = self._transmit_rows(rows)
             with self.db.transaction() as session:
-                if accepted:
-                    sent = self._record_sent(session, _MARK_SENT, {"ids": accepted},
-                                             partly=partly)
-                    result.sent += sent
-                    result.skipped += len(accepted) - sent
-                for outbox_id, error in refused:
+
+                def pending(outbox_id: int) -> _Attempt | None:
+                    # Read again in the write transaction: still pending, and its tries.
                     row = session.execute(_PENDING_ONE, {"id": outbox_id}).first()
-                    if row is None:
-                        result.skipped += 1
-                        continue
-                    outcome = self._record_failure(session, _Attempt(*row), error)
-                    setattr(result, outcome, getattr(result, outcome) + 1)
+                    return None if row is None else _Attempt(*row)
+
+                self._record_chunk(session, result, *handed, pending)
             self.accepted.clear()
             if self.paused():
                 return
@@ -574,21 +570,31 @@ class OutboxSender(BackgroundLoop):
                     return
                 limit -= len(rows)
                 after = rows[-1][0]
-                accepted, partly, refused = self._transmit_rows([r[:5] for r in rows])
-                if accepted:
-                    sent = self._record_sent(session, _MARK_SENT, {"ids": accepted},
-                                             partly=partly)
-                    result.sent += sent
-                    result.skipped += len(accepted) - sent
-                by_id = {r[0]: r for r in rows}
-                for outbox_id, error in refused:
-                    row_id, _f, _r, _raw, message_id, attempts, kind, ticket_id = by_id[outbox_id]
-                    outcome = self._record_failure(
-                        session, _Attempt(row_id, attempts, kind, ticket_id, message_id), error)
-                    setattr(result, outcome, getattr(result, outcome) + 1)
+                handed = self._transmit_rows([r[:5] for r in rows])
+                locked = {r[0]: _Attempt(r[0], r[5], r[6], r[7], r[4]) for r in rows}
+                self._record_chunk(session, result, *handed, locked.get)
             self.accepted.clear()
             if self.paused():
                 return  # the relay is down: do not hammer it row by row
+
+    def _record_chunk(
+        self, session: Session, result: SendResult, accepted: list[int],
+        partly: dict[int, Refused], refused: list[tuple[int, _Failure]],
+        attempt_of: Callable[[int], _Attempt | None],
+    ) -> None:
+        """Record a chunk's outcome in `session`: the accepted mails sent (one UPDATE),
+        each refused one failed or deferred (`attempt_of` its row, None: no longer ours)."""
+        if accepted:
+            sent = self._record_sent(session, _MARK_SENT, {"ids": accepted}, partly=partly)
+            result.sent += sent
+            result.skipped += len(accepted) - sent
+        for outbox_id, error in refused:
+            attempt = attempt_of(outbox_id)
+            if attempt is None:
+                result.skipped += 1
+                continue
+            outcome = self._record_failure(session, attempt, error)
+            setattr(result, outcome, getattr(result, outcome) + 1)
 
     def _transmit_rows(
         self, rows: list[Any],
