@@ -61,7 +61,7 @@ def _next_ids(db: Any) -> tuple[int, int, int]:
 
 def _after_fill(db: Any) -> None:
     """The case-number counter past the filled numbers; on PostgreSQL, the id sequences
-    past the explicit ids (else the daemon's inserts collide) and fresh statistics."""
+    past the explicit ids (else the daemon's inserts collide), vacuumed, fresh statistics."""
     from sqlalchemy import delete, func, insert, select, text
 
     from mailbridge.tickets.models import Counter, Ticket
@@ -78,8 +78,10 @@ def _after_fill(db: Any) -> None:
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                     f"coalesce(max(id), 0) + 1, false) FROM {table}"))
     if not db.is_sqlite:
+        # VACUUM too: autovacuum's first pass over the new rows would otherwise run during
+        # the next measurement (the 100k point's p99 of 791 ms, bench/README.md).
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("ANALYZE"))
+            conn.execute(text("VACUUM (ANALYZE)"))
 
 
 def fill(db: Any, cases: int, now: datetime, *, total: int | None = None,
