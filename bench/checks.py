@@ -59,6 +59,16 @@ def wait_drained(daemon: DaemonProcess, tracker: Tracker, timeout: float,
     return wait_for_progress(measure, drained, stall=stall, timeout=timeout)
 
 
+def burst_end(daemon: DaemonProcess, tracker: Tracker, last_250: float) -> float:
+    """When a burst was done (monotonic): its last first ack or its last reply committed,
+    whichever came later; the last 250 when neither is known."""
+    ends = [min(t) for t in tracker.acks.values()]
+    reply_end = last_processed(daemon, tracker)
+    if reply_end is not None:
+        ends.append(reply_end)
+    return max(ends) if ends else last_250
+
+
 def last_processed(daemon: DaemonProcess, tracker: Tracker) -> float | None:
     """When the last 250'd reply was committed (monotonic), from inbound.processed_at."""
     replies = {_mid(s.mail.message_id) for s in tracker.ok_sent() if s.mail.kind == "reply"}

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checks import ack_latencies, correctness, last_processed, wait_drained
+from checks import ack_latencies, burst_end, correctness, wait_drained
 from corpus import Corpus, Mail
 from harness import (
     REPO,
@@ -173,12 +173,7 @@ def mailbridge_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Ma
             {tid: name if pid == daemon.pid else f"pipeline process: {name}"
              for pid in daemon.pids() for tid, name in thread_names(pid).items()})
         memory = daemon.memory()
-        ack_times = [min(t) for t in tracker.acks.values()]
-        ends = [*ack_times]
-        reply_end = last_processed(daemon, tracker)
-        if reply_end is not None:
-            ends.append(reply_end)
-        end = max(ends) if ends else last_250
+        end = burst_end(daemon, tracker, last_250)
         ok = tracker.ok_sent()
         intake_seconds = max(1e-9, last_250 - start)
         e2e_seconds = max(1e-9, end - start)

@@ -46,7 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from checks import ack_latencies, last_processed, wait_drained
+from checks import ack_latencies, burst_end, wait_drained
 from corpus import Corpus
 from harness import (
     REPO,
@@ -146,11 +146,7 @@ def burst(daemon: DaemonProcess, sink: SinkProcess, corpus: Corpus, args: argpar
     cpu1 = daemon.cpu_seconds()
     pg1 = postgres_cpu(pg_data) if pg_data else 0.0
     queues = sampler.stop()
-    ends = [min(t) for t in tracker.acks.values()]
-    reply_end = last_processed(daemon, tracker)
-    if reply_end is not None:
-        ends.append(reply_end)
-    end = max(ends) if ends else last_250
+    end = burst_end(daemon, tracker, last_250)
     ok = tracker.ok_sent()
     seconds = max(1e-9, end - start)
     out: dict[str, Any] = {

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from checks import ack_latencies, correctness, last_processed, wait_drained
+from checks import ack_latencies, burst_end, correctness, wait_drained
 from corpus import Corpus, Mail
 from harness import (
     DaemonProcess,
@@ -152,11 +152,7 @@ def workers_run(
             for daemon, before, after in zip(daemons, threads0, threads1, strict=True)]
         harness = time.process_time() + _cpu_seconds(sink.proc.pid) - harness0  # type: ignore[union-attr]
         result["queues"] = sampler.stop()
-        ends = [min(t) for t in tracker.acks.values()]
-        reply_end = last_processed(daemons[0], tracker)
-        if reply_end is not None:
-            ends.append(reply_end)
-        end = max(ends) if ends else last_250
+        end = burst_end(daemons[0], tracker, last_250)
         ok = tracker.ok_sent()
         daemon_cpu = [round(b - a, 2) for a, b in zip(cpu0, cpu1, strict=True)]
         e2e_seconds = max(1e-9, end - start)
