@@ -111,7 +111,9 @@ def reference_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Mai
     sink = SinkProcess("reference", workdir).start()
     try:
         tracker = Tracker(corpus, mails, wait_for_replies=False)
+        cpu0 = sink.cpu_seconds()
         start, last = run_burst(tracker, sink.port, args.clients, args.timeout)
+        cpu = sink.cpu_seconds() - cpu0
     finally:
         sink.stop()
         spool_size = sink.spool.stat().st_size if sink.spool.exists() else 0
@@ -123,6 +125,8 @@ def reference_phase(args: argparse.Namespace, corpus: Corpus, openings: list[Mai
         "failed": len(tracker.sent) - len(ok),
         "seconds": round(seconds, 3),
         "rate": round(len(ok) / seconds, 2),
+        # What the least durable intake costs: mailbridge's CPU per mail against it.
+        "cpu_ms_per_mail": round(1000 * cpu / max(1, len(ok)), 2),
         "spool_bytes": spool_size,
         **ack_latencies(tracker),
     }
@@ -516,6 +520,11 @@ def table(report: dict[str, Any]) -> str:
     threads = ", ".join(f"{k} {v:.1f}s" for k, v in list(mb.get("cpu_by_thread", {}).items())[:4])
     row("daemon CPU per mail (burst)", f"{mb.get('daemon_cpu_ms_per_mail', '-')} ms",
         f"CPU share {mb.get('daemon_cpu_share', '-')} of a core; {threads}")
+    if ref.get("cpu_ms_per_mail") is not None:
+        ratio = (round(mb["daemon_cpu_ms_per_mail"] / ref["cpu_ms_per_mail"], 2)
+                 if mb.get("daemon_cpu_ms_per_mail") and ref["cpu_ms_per_mail"] else "-")
+        row("reference CPU per mail (burst)", f"{ref['cpu_ms_per_mail']} ms",
+            f"mailbridge {ratio}x")
     row("250'd / tickets (cli, db) / acked openings",
         f"{corr.get('sent_250', '-')} / {corr.get('tickets_cli', '-')}, "
         f"{corr.get('tickets_db', '-')} / {corr.get('acked_openings', '-')}"

@@ -68,6 +68,19 @@ def make_workdir(prefix: str, base: str | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"mailbridge-bench-{prefix}-", dir=base))
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used so far (gone ones count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 # --- sinks -------------------------------------------------------------------------------
 
 
@@ -92,6 +105,10 @@ class SinkProcess:
         self._reader: threading.Thread | None = None
         self.spool = workdir / "reference.spool"
         self.stderr_path = workdir / f"sink-{mode}.log"
+
+    def cpu_seconds(self) -> float:
+        """The sink process's user + system CPU seconds so far."""
+        return process_cpu_seconds([self.proc.pid] if self.proc is not None else [])
 
     def start(self, timeout: float = 20.0) -> SinkProcess:
         cmd = [PYTHON, str(BENCH / "reference_sink.py"), "--mode", self.mode,
@@ -350,15 +367,7 @@ class DaemonProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the daemon (and its pipeline processes) so far."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / ticks
-        return total
+        return process_cpu_seconds(self.pids())
 
     def thread_cpu(self) -> dict[int, float]:
         """CPU seconds per native thread id (Python threads have no OS names here)."""

@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reply-ratio", type=float, default=0.2)
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="skip the parse/classify/render parts measured apart (for "
+                             "counting instructions: bench/README.md)")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="build and store the corpus only (the fixed part of a count)")
+    parser.add_argument("--statements", action="store_true",
+                        help="+ the SQL statements per mail, by kind (on stderr)")
     parser.add_argument("--tree", default=str(REPO), help="a mailbridge source tree")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the best is reported")
     parser.add_argument("--batch", type=int, default=1,
@@ -101,14 +108,29 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
 
             profiler = cProfile.Profile()
             profiler.enable()
+        seen: dict[str, int] = {}
+        if args.statements:
+            from sqlalchemy import event
+
+            def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+                key = " ".join(statement.split())[:90]
+                seen[key] = seen.get(key, 0) + 1
+
+            for engine in {db.engine, db.read_engine}:
+                event.listen(engine, "before_cursor_execute", count)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         processed = 0
-        while batch := pipeline.process_pending():
+        while not args.no_pipeline and (batch := pipeline.process_pending()):
             processed += len(batch)
         store(replies)
-        while batch := pipeline.process_pending():
+        while not args.no_pipeline and (batch := pipeline.process_pending()):
             processed += len(batch)
         cpu1, wall1 = time.process_time(), time.perf_counter()
+        if seen:
+            print(f"SQL statements per mail ({processed} mails): "
+                  f"{sum(seen.values()) / max(1, processed):.2f}", file=sys.stderr)
+            for key, n in sorted(seen.items(), key=lambda kv: -kv[1]):
+                print(f"  {n / max(1, processed):6.2f}  {key}", file=sys.stderr)
         if profiler is not None:
             import pstats
 
@@ -122,6 +144,12 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
                 "SELECT outcome, count(*) FROM inbound GROUP BY outcome")).all())
             tickets = session.execute(text("SELECT count(*) FROM tickets")).scalar_one()
             outbox = session.execute(text("SELECT count(*) FROM outbox")).scalar_one()
+        if args.pipeline_only or args.no_pipeline:
+            db.dispose()
+            return {"mails": processed, "tickets": tickets, "outbox_rows": outbox,
+                    "outcomes": json.dumps(outcomes, sort_keys=True),
+                    "pipeline_cpu_ms_per_mail": round(
+                        1000 * (cpu1 - cpu0) / max(1, processed), 3)}
         # Parts measured apart on the same mails.
         raws = [m.raw for m in mails]
         t0 = time.process_time()

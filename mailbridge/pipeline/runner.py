@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import (
     IntegrityError,
     InterfaceError,
@@ -16,6 +17,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mailbridge import metrics
 from mailbridge.db import Database, utcnow
@@ -60,6 +62,13 @@ class StageError(Exception):
         self.stage = stage
         self.error = error
 
+
+_FINISH = (
+    update(InboundMail.__table__)
+    .where(InboundMail.__table__.c.id == bindparam("inbound_pk"))
+    .values({name: bindparam(name) for name in
+             ("message_id", "state", "outcome", "processed_at", "ticket_id")})
+)
 
 # A batch stops growing at this many bytes of raw mail: parsed mails wait in memory
 # for the batch's transaction, so a big one goes alone.
@@ -244,14 +253,19 @@ class Pipeline:
             raise
         except Exception as exc:
             raise StageError(stage_name, exc) from exc
-        # Set with the outcome: one UPDATE of the row at the end (a change made before
-        # the stages would be flushed by their first query: a second UPDATE).
-        inbound.message_id = mail.message_id[:998] if mail.message_id else None
-        inbound.state = STATE_DONE
-        inbound.outcome = outcome.name[:64]
-        inbound.processed_at = utcnow()
-        if ctx.ticket is not None:
-            inbound.ticket_id = ctx.ticket.id
+        # Set with the outcome: one UPDATE of the row at the end, as a Core statement
+        # (the unit of work's flush of this one row cost more than the statement); the
+        # object takes the values as committed, so no second UPDATE follows.
+        finished = {
+            "message_id": mail.message_id[:998] if mail.message_id else None,
+            "state": STATE_DONE,
+            "outcome": outcome.name[:64],
+            "processed_at": utcnow(),
+            "ticket_id": ctx.ticket.id if ctx.ticket is not None else inbound.ticket_id,
+        }
+        session.connection().execute(_FINISH, {"inbound_pk": inbound.id, **finished})
+        for key, value in finished.items():
+            set_committed_value(inbound, key, value)
         number = ctx.ticket.number if ctx.ticket is not None else None
         opened = ctx.ticket.priority if ctx.opened_case and ctx.ticket is not None else None
         return _Done(outcome, number, channel, opened)
