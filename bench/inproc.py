@@ -118,6 +118,14 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
 
             for engine in {db.engine, db.read_engine}:
                 event.listen(engine, "before_cursor_execute", count)
+            from sqlalchemy.orm import Session as OrmSession
+
+            def flushed(session, context, instances):  # type: ignore[no-untyped-def]
+                kinds = sorted({type(o).__name__ for o in [*session.dirty, *session.new]})
+                key = f"(flush of {', '.join(kinds) or 'nothing'})"
+                seen[key] = seen.get(key, 0) + 1
+
+            event.listen(OrmSession, "before_flush", flushed)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         processed = 0
         while not args.no_pipeline and (batch := pipeline.process_pending()):

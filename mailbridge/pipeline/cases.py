@@ -14,6 +14,7 @@ from mailbridge.parse.replies import close_subjects, subject_words
 from mailbridge.pipeline.context import ROLE_STAFF, MailContext
 from mailbridge.tickets.evidence import store_evidence
 from mailbridge.tickets.models import (
+    NOT_CLOSED,
     OPEN_STATUSES,
     Attachment,
     Ticket,
@@ -34,7 +35,7 @@ _OPEN_SUBJECTS = (
     select(_TICKETS.id, _TICKETS.subject_key)
     .where(
         _TICKETS.tenant_id == bindparam("tenant_id"),
-        _TICKETS.status.in_(OPEN_STATUSES),
+        NOT_CLOSED,  # as ix_tickets_open_tenant_created has it: newest first, no sort
         _TICKETS.created_at >= bindparam("since", type_=UTCDateTime),
     )
     .order_by(_TICKETS.created_at.desc())

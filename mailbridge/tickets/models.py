@@ -287,3 +287,6 @@ _partial("ix_tickets_ack_late_untold", Ticket.id, ACK_LATE_UNTOLD)
 _partial("ix_tickets_unanswered", Ticket.response_due_at, UNANSWERED)
 _partial("ix_tickets_answered_late_untold", Ticket.id, ANSWERED_LATE_UNTOLD)
 _partial("ix_tickets_clock_running", Ticket.response_due_at, CLOCK_RUNNING)
+# The tenant's open cases, newest first: the look-alike check of every opening.
+Index("ix_tickets_open_tenant_created", Ticket.tenant_id, Ticket.created_at,
+      sqlite_where=NOT_CLOSED, postgresql_where=NOT_CLOSED)

@@ -3,37 +3,21 @@ question asked for one column; and the look-alike rules those statements keep.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import event, select, update
+import pytest
+from sqlalchemy import insert, select, update
 
 from mailbridge.db import Database, utcnow
 from mailbridge.pipeline.cases import insert_case
 from mailbridge.tickets.models import STATUS_CLOSED, STATUS_IN_PROGRESS, Ticket
 from tests.pipeline.helpers import case, deliver
 from tests.support.daemon import opening_mail
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The SQL the writer engine runs inside the block, whitespace folded."""
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
+from tests.support.sql import sqlite_steps, statements
 
 
 def test_opening_inserts_its_case_once_and_reads_no_case_row(db, settings, rules) -> None:
-    with statements(db) as seen:
+    with statements(db, writer_only=True) as seen:
         result = deliver(db, settings, rules, opening_mail().as_bytes())
     assert result.outcome == "ticket"
     assert sum(s.startswith("INSERT INTO tickets ") for s in seen) == 1
@@ -61,12 +45,12 @@ def test_inserted_case_is_in_the_session_as_if_loaded(db) -> None:
         insert_case(session, ticket)
         assert ticket.id is not None
         assert session.get(Ticket, ticket.id) is ticket
-        with statements(db) as seen:
+        with statements(db, writer_only=True) as seen:
             # Every column reads without a query, the unset ones as NULL.
             values = {c.key: getattr(ticket, c.key) for c in Ticket.__table__.columns}
         assert seen == []
         assert values["acked_at"] is None and values["resolved_at"] is None
-        with statements(db) as seen:
+        with statements(db, writer_only=True) as seen:
             ticket.status = STATUS_IN_PROGRESS  # what a later stage changes is written
             session.flush()
         assert len(seen) == 1 and seen[0].startswith("UPDATE tickets SET status=")
@@ -107,3 +91,48 @@ def test_look_alike_joins_the_newest_open_case_of_the_tenant_in_the_window(
     with db.reader() as session:
         linked = session.scalars(select(Ticket.number).order_by(Ticket.number)).all()
     assert len(linked) == 4
+
+
+def _open_cases(db: Database, count: int, first_number: int) -> None:
+    """`count` open cases of TEN-1001 opened in the last two days, each about its own
+    order (bulk): what a busy tenant has open while a new mail arrives."""
+    now = utcnow()
+    rows = []
+    for k in range(count):
+        at = now - timedelta(hours=48) + timedelta(seconds=k)
+        number = first_number + k
+        rows.append(dict(
+            number=number, tenant_id="TEN-1001", priority="B", severity="MEDIA",
+            status="abierto", subject=f"Pedido {number} demorado", subject_key=f"pedido {number}",
+            sender="ana@compensar.example", cc=[], cc_held=[], fields={}, fields_raw={},
+            missing_fields=[], created_at=at, updated_at=at,
+            ack_due_at=at + timedelta(minutes=15), acked_at=at + timedelta(seconds=3),
+        ))
+    with db.transaction() as session:
+        session.execute(insert(Ticket.__table__), rows)
+
+
+def test_the_look_alike_check_reads_the_newest_open_cases_not_all_of_them(
+    db, settings, rules
+) -> None:
+    """Issue 21.3: an opening compares its subject with the newest 50 open cases of its
+    tenant, read newest first through ix_tickets_open_tenant_created. Ten times more open
+    cases cost an opening next to nothing more (before: every open case of the tenant was
+    read and sorted, for every new mail)."""
+    if not db.is_sqlite:
+        pytest.skip("counts SQLite's steps; PostgreSQL plans the same index")
+    deliver(db, settings, rules, opening_mail(subject="TEN-1001 Consulta general").as_bytes())
+    _open_cases(db, 200, 10_000)
+    with sqlite_steps(db) as small:
+        first = deliver(db, settings, rules, opening_mail(
+            subject="TEN-1001 Falla al sincronizar el inventario de bodega").as_bytes())
+    _open_cases(db, 2000, 20_000)
+    with sqlite_steps(db) as large:
+        second = deliver(db, settings, rules, opening_mail(
+            subject="TEN-1001 Error al exportar las facturas del mes").as_bytes())
+    assert (first.outcome, second.outcome) == ("ticket", "ticket")
+    assert large[0] < small[0] * 1.5 + 5, (small, large)
+    # Still found when there is one among them: a close subject joins its case.
+    again = deliver(db, settings, rules, opening_mail(
+        subject="TEN-1001 Errores al exportar facturas del mes").as_bytes())
+    assert (again.outcome, again.ticket_number) == ("reply:look-alike", second.ticket_number)

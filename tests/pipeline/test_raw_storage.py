@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from mailbridge.db import Database
 from mailbridge.spool import (
@@ -23,26 +18,9 @@ from mailbridge.spool import (
     store_inbound,
 )
 from tests.pipeline.helpers import MESSAGES, deliver, fixture_rules
+from tests.support.sql import statements
 
 MESSAGE = b"From: ana@compensar.example\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """Every SQL statement run on the database's engines meanwhile."""
-    seen: list[str] = []
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    engines = {id(e): e for e in (db.engine, db.read_engine)}.values()
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", before)
 
 
 def test_the_message_is_stored_apart_and_read_through_inbound_mail(db: Database) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import insert, select, update
 
 from mailbridge.db import Database
 from mailbridge.outbound.outbox import OutboxMail
@@ -33,6 +33,7 @@ from tests.sla.helpers import (
     reply,
     sla_rules,
 )
+from tests.support.sql import sqlite_steps
 
 OPENED = local(BOGOTA, 2026, 3, 21, 2, 0)  # Saturday 02:00, Bogotá
 
@@ -208,28 +209,6 @@ def _add_history(db: Database, count: int, first_number: int) -> None:
                 next_attempt_at=row["created_at"], sent_at=row["acked_at"],
             ))
         session.execute(insert(OutboxMail.__table__), acks)
-
-
-@contextlib.contextmanager
-def sqlite_steps(db: Database) -> Iterator[list[int]]:
-    """Counts SQLite's virtual-machine steps (in thousands) of every statement run inside."""
-    steps = [0]
-
-    def tick() -> int:
-        steps[0] += 1
-        return 0
-
-    def hook(conn, cursor, statement, parameters, context, many):  # type: ignore[no-untyped-def]
-        conn.connection.dbapi_connection.set_progress_handler(tick, 1000)
-
-    engines = {db.engine, db.read_engine}
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", hook)
-    try:
-        yield steps
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", hook)
 
 
 def test_a_sweep_round_does_not_read_the_closed_history(db, settings, rules) -> None:
