@@ -162,6 +162,14 @@ _TEXT_BODY_HEADERS = (
 )
 
 
+@lru_cache(maxsize=512)
+def _folded(utf8: bool, name: str, value: str) -> bytes:
+    """One header line as the policy folds it. Cached: an opening's acknowledgement and
+    the queue's notice carry the same subject (525 folds, 227 distinct, in 300 mails)."""
+    policy = SMTPUTF8 if utf8 else SMTP
+    return policy.fold_binary(name, policy.header_store_parse(name, value)[1])
+
+
 def _render_text_only(draft: Draft, body: str) -> tuple[str, bytes]:
     """The usual mail (no attachment), byte for byte what `_render_mime` makes.
 
@@ -179,8 +187,8 @@ def _render_text_only(draft: Draft, body: str) -> tuple[str, bytes]:
                 and value.strip() == value and not _NEEDS_POLICY.search(value):
             out.append(line.encode("ascii") + b"\r\n")
         else:
-            policy = address_policy if name in _ADDRESS_HEADERS else SMTP
-            out.append(policy.fold_binary(name, policy.header_store_parse(name, value)[1]))
+            out.append(_folded(name in _ADDRESS_HEADERS and address_policy is SMTPUTF8,
+                               name, value))
     out.append(_TEXT_BODY_HEADERS)
     out.append(b"\r\n")
     # As email.contentmanager encodes text with cte="quoted-printable".
