@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    ClauseElement,
     ColumnElement,
     ForeignKey,
     Index,
@@ -29,10 +30,16 @@ from sqlalchemy import (
     Text,
     bindparam,
     func,
+    insert,
     select,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+)
 from sqlalchemy.orm.attributes import set_committed_value
 
 from mailbridge.db import Base, Database, UTCDateTime, utcnow
@@ -191,11 +198,13 @@ def store_inbound(db: Database, mails: Sequence[InboundMail]) -> list[int]:
     Raises StorageError if anything fails: then nothing of the batch is stored.
     """
     streamed: list[tuple[InboundRaw, bytes | bytearray]] = []
+    assigned: list[InboundMail] = []
     try:
         with db.transaction() as session:
-            _insert(session, mails, streamed, sqlite=db.is_sqlite)
+            _insert(session, mails, streamed, assigned, sqlite=db.is_sqlite)
             ids = [m.id for m in mails]
     except Exception as exc:
+        _forget_ids(assigned)
         log.error("spool store failed", extra={"error": repr(exc), "count": len(mails)})
         raise StorageError(str(exc)) from exc
     finally:
@@ -227,18 +236,20 @@ def store_inbound_with(db: Database, batch: ChannelBatch) -> list[int]:
     nothing is stored, the mails nor the channel's rows.
     """
     streamed: list[tuple[InboundRaw, bytes | bytearray]] = []
+    assigned: list[InboundMail] = []
     mails: Sequence[InboundMail] = ()
     spool_step = False  # whether a failure now is the spool's (then: StorageError)
     try:
         with db.transaction() as session:
             mails = batch.choose(session)
             spool_step = True
-            _insert(session, mails, streamed, sqlite=db.is_sqlite)
+            _insert(session, mails, streamed, assigned, sqlite=db.is_sqlite)
             spool_step = False
             batch.record(session, mails)
             ids = [m.id for m in mails]
             spool_step = True  # the commit, on leaving the block
     except Exception as exc:
+        _forget_ids(assigned)
         if not spool_step:
             raise
         log.error("spool store failed", extra={"error": repr(exc), "count": len(mails)})
@@ -252,15 +263,72 @@ def _insert(
     session: Session,
     mails: Sequence[InboundMail],
     streamed: list[tuple[InboundRaw, bytes | bytearray]],
+    assigned: list[InboundMail],
     *,
     sqlite: bool,
 ) -> None:
-    """Add and flush the mails (ids assigned); `streamed` gets what goes through blobs."""
+    """Insert the mails; each object takes its id, and `assigned` the objects whose id
+    this gave (to be forgotten if the transaction fails: a retry must not reuse it).
+    `streamed` gets what goes through blobs.
+
+    Core statements, one INSERT for the rows and one for their messages: the unit of
+    work for objects nobody reads again cost more than the statements (bench/README.md;
+    bench/icount: 2.75 -> 1.72 M instructions a store). The objects stay out of the
+    session, their defaults and ids set as if loaded.
+    """
+    if not mails:
+        return
     if sqlite:
         streamed.extend(_zeroblob_placeholders(mails))
-    session.add_all(mails)
-    session.flush()
+    now = utcnow()
+    chosen: list[dict[str, Any]] = []  # an id given by the caller is kept
+    numbered: list[dict[str, Any]] = []
+    for mail in mails:
+        state = mail.__dict__
+        for key, default in (("received_at", now), ("mail_from", ""), ("rcpt_tos", []),
+                             ("state", STATE_NEW), ("attempts", 0)):
+            if state.get(key) is None:
+                set_committed_value(mail, key, default)
+        row = {c.key: state.get(c.key) for c in _INBOUND_COLUMNS}
+        if state.get("id") is not None:
+            chosen.append({"id": state["id"], **row})
+        else:
+            numbered.append(row)
+            assigned.append(mail)
+    connection = session.connection()
+    if chosen:
+        connection.execute(insert(InboundMail.__table__), chosen)
+    if numbered:
+        ids = connection.execute(_INSERT_INBOUND, numbered).scalars().all()
+        for mail, inbound_id in zip(assigned, ids, strict=True):
+            set_committed_value(mail, "id", inbound_id)
+    raws = []
+    for mail in mails:
+        raw_row = mail.raw_row
+        if raw_row is None:
+            continue
+        set_committed_value(raw_row, "inbound_id", mail.id)
+        if isinstance(raw_row.raw, ClauseElement):  # zeroblob(n): a statement of its own
+            connection.execute(_INSERT_RAW.values(inbound_id=mail.id, raw=raw_row.raw))
+        else:
+            raws.append({"inbound_id": mail.id, "raw": raw_row.raw})
+    if raws:
+        connection.execute(_INSERT_RAW, raws)
     _write_blobs(session, streamed)
+
+
+def _forget_ids(assigned: list[InboundMail]) -> None:
+    """After a failed transaction: the ids it gave are free again, the objects new."""
+    for mail in assigned:
+        set_committed_value(mail, "id", None)
+        if mail.raw_row is not None:
+            set_committed_value(mail.raw_row, "inbound_id", None)
+
+
+_INBOUND_COLUMNS = [c for c in InboundMail.__table__.columns if not c.primary_key]
+_INSERT_INBOUND = insert(InboundMail.__table__).returning(
+    InboundMail.__table__.c.id, sort_by_parameter_order=True)
+_INSERT_RAW = insert(InboundRaw.__table__)
 
 
 def _settle_streamed(streamed: list[tuple[InboundRaw, bytes | bytearray]]) -> None:
