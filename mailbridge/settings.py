@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         default=None, description="PEM CA bundle that signs the relay's certificate (private CA)"
     )
     relay_timeout: float = 30.0
+    relay_keep_open: float = Field(
+        default=5.0, ge=0,
+        description="seconds an idle relay connection is kept for the next mail "
+                    "(0: closed after each sending pass)",
+    )
     http_listen: str = Field(default="127.0.0.1:8025", description="health and metrics")
     imap_accounts: str | None = Field(
         default=None, description="JSON list of IMAP accounts (see README: IMAP intake)"

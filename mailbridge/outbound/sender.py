@@ -96,6 +96,12 @@ class MaildirTransport:
     def close(self) -> None:
         return None
 
+    def release(self) -> None:
+        return None
+
+    def expire(self) -> float | None:
+        return None
+
     def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> Refused:
         name = _maildir_name(message_id)
         final = self.root / "new" / name
@@ -136,8 +142,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A kept connection idle longer than this is asked (NOOP) whether it is still open
+# before a mail goes on it; within a pass mails follow each other without asking.
+_PROBE_AFTER = 1.0
+# …and is not kept past this age (seconds), however busy: a credential revoked or
+# rotated meanwhile (a new OAuth token, a password) is used again within this time.
+_REUSE_LIMIT = 300.0
+
+
 class RelayTransport:
-    """SMTP to the configured relay; one connection reused across a batch.
+    """SMTP to the configured relay; one connection reused across a batch, and kept
+    `relay_keep_open` seconds for the next one (as Postfix caches its connections): a
+    connection costs a TLS handshake and a login, often more than the mail.
 
     TLS is verified (certificate and host name; `relay_ca_file` for a private CA), either
     implicit (`relay_tls`, port 465) or by STARTTLS, which must then succeed. A password is
@@ -151,6 +167,9 @@ class RelayTransport:
         self.security = settings.relay_security
         self.client: smtplib.SMTP | None = None
         self._tls_context: ssl.SSLContext | None = None
+        self.last_used = 0.0  # monotonic: the connection's last exchange
+        self.opened_at = 0.0
+        self.connections = 0  # opened so far (logged, and counted by the tests)
 
     def tls_context(self) -> ssl.SSLContext:
         if self._tls_context is None:
@@ -160,7 +179,11 @@ class RelayTransport:
 
     def open(self) -> None:
         if self.client is not None:
-            return
+            if time.monotonic() - self.last_used < _PROBE_AFTER:
+                return  # the same pass: it answered a moment ago
+            if self._still_there():
+                return
+            self._drop()
         timeout = self.settings.relay_timeout
         client: smtplib.SMTP | None = None
         try:
@@ -193,6 +216,40 @@ class RelayTransport:
             raise TransientFailure(f"relay {self.host}:{self.port}: {exc}",
                                    relay_down=True) from exc
         self.client = client
+        self.connections += 1
+        self.opened_at = self.last_used = time.monotonic()
+
+    def _still_there(self) -> bool:
+        """A kept connection the relay may have closed meanwhile (its idle timeout, a
+        restart): NOOP tells, so that a stale one is replaced, not taken for a relay
+        that is down."""
+        assert self.client is not None
+        try:
+            code, _text = self.client.noop()
+        except (OSError, smtplib.SMTPException):
+            return False
+        if code != 250:
+            return False
+        self.last_used = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        """The end of a sending pass: the connection is kept for the next one, unless
+        `relay_keep_open` is 0 or the connection is older than `_REUSE_LIMIT`."""
+        if self.settings.relay_keep_open <= 0 or \
+                time.monotonic() - self.opened_at > _REUSE_LIMIT:
+            self.close()
+
+    def expire(self) -> float | None:
+        """Close the connection once it has been idle `relay_keep_open` seconds; else the
+        seconds it may still wait (None: no connection open)."""
+        if self.client is None:
+            return None
+        left = self.last_used + self.settings.relay_keep_open - time.monotonic()
+        if left <= 0:
+            self.close()
+            return None
+        return left
 
     def _login_xoauth2(self, client: smtplib.SMTP) -> None:
         """AUTH XOAUTH2 with the relay's current access token (mailbridge/oauth.py)."""
@@ -264,6 +321,7 @@ class RelayTransport:
         except (UnicodeError, ValueError) as exc:  # smtplib could not write this mail
             self._drop()
             raise PermanentFailure(f"cannot be written to the relay: {exc}") from exc
+        self.last_used = time.monotonic()
         return refused
 
     @staticmethod
@@ -472,8 +530,12 @@ class OutboxSender(BackgroundLoop):
                 continue
             if result.sent and not self.paused():
                 continue  # more may be waiting: go again without sleeping
-            self.wakeup.wait(self._idle_wait())
+            wait = self._idle_wait()
+            kept = self.transport.expire()  # a kept relay connection closes when idle
+            self.wakeup.wait(wait if kept is None else min(wait, kept))
             self.wakeup.clear()
+            self.transport.expire()
+        self.transport.close()
 
     def _idle_wait(self) -> float:
         """Sleep until the next row is due, bounded by the poll interval."""
@@ -506,7 +568,7 @@ class OutboxSender(BackgroundLoop):
             else:
                 self._send_batch_locked(result, limit)
         finally:
-            self.transport.close()
+            self.transport.release()
         return result
 
     def _send_batch_sqlite(self, result: SendResult, limit: int, chunk: int = 25) -> None:

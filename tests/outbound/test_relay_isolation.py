@@ -168,6 +168,12 @@ class _BrokenFor:
     def close(self) -> None:
         self.inner.close()
 
+    def release(self) -> None:
+        self.inner.release()
+
+    def expire(self) -> float | None:
+        return self.inner.expire()  # type: ignore[no-any-return]
+
     def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> Any:
         if message_id == self.message_id:
             raise KeyError("a fault nobody foresaw")

@@ -49,7 +49,8 @@ def relay(idp: OAuthServer, certs: Certificates) -> Iterator[SmtpSink]:
 
 
 def _daemon(make_daemon: Any, relay: SmtpSink, idp: OAuthServer, certs: Certificates,
-            tmp_path: Path, secret: str = "app-secret-1", name: str = "d") -> Daemon:
+            tmp_path: Path, secret: str = "app-secret-1", name: str = "d",
+            **extra: str) -> Daemon:
     tmp_path.mkdir(parents=True, exist_ok=True)
     secret_file = tmp_path / "app.secret"
     write_secret_file(secret_file, secret)
@@ -59,6 +60,7 @@ def _daemon(make_daemon: Any, relay: SmtpSink, idp: OAuthServer, certs: Certific
         relay_oauth_token_url=idp.token_url, relay_oauth_client_id="mailbridge-app",
         relay_oauth_client_secret_file=str(secret_file), relay_oauth_scope="mail",
         relay_oauth_ca_file=str(certs.ca_file), oauth_retry_base="0.5", oauth_retry_max="2",
+        **extra,
     )
 
 
@@ -99,7 +101,9 @@ def test_acks_go_through_xoauth2_with_renewed_tokens(make_daemon, relay, idp, ce
 def test_a_revoked_token_is_replaced_and_the_mail_still_leaves(make_daemon, relay, idp, certs,
                                                                tmp_path) -> None:
     idp.expires_in = 3600  # the same token would be used for an hour
-    daemon = _daemon(make_daemon, relay, idp, certs, tmp_path).start()
+    # Each mail on a connection of its own, so the second one logs in again (a kept
+    # connection stays logged in: tests/outbound/test_relay_keep_open.py).
+    daemon = _daemon(make_daemon, relay, idp, certs, tmp_path, relay_keep_open="0").start()
     daemon.send(opening_mail())
     relay.wait_for(1)
     (token,) = idp.live_access_tokens(MAILBOX)

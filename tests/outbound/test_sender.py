@@ -217,6 +217,12 @@ class _TakenOnTheWay:
     def close(self) -> None:
         self.inner.close()
 
+    def release(self) -> None:
+        self.inner.release()
+
+    def expire(self) -> float | None:
+        return self.inner.expire()  # type: ignore[no-any-return]
+
     def send(self, mail_from: str, rcpt_tos: list[str], raw: bytes, message_id: str) -> None:
         self.inner.send(mail_from, rcpt_tos, raw, message_id)
         if message_id == self.message_id:

@@ -110,7 +110,8 @@ class SmtpSink:
                  starttls: ssl.SSLContext | None = None,
                  implicit_tls: ssl.SSLContext | None = None,
                  auth: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 xoauth2: Callable[[str, str], bool] | None = None) -> None:
+                 xoauth2: Callable[[str, str], bool] | None = None,
+                 idle_timeout: float | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.port = 0
@@ -120,6 +121,8 @@ class SmtpSink:
         self.implicit_tls = implicit_tls
         self.auth = auth
         self.logins: list[tuple[str, bool]] = []  # (user, over TLS) of every AUTH tried
+        self.connections = 0  # accepted so far
+        self.idle_timeout = idle_timeout  # closes a connection idle this long (421)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -163,8 +166,11 @@ class SmtpSink:
         return self
 
     def _protocol(self) -> SMTP:
+        self.connections += 1
         options: dict[str, Any] = {"hostname": "sink.example",
                                    "enable_SMTPUTF8": self.smtputf8}
+        if self.idle_timeout is not None:
+            options["timeout"] = self.idle_timeout
         if self.starttls is not None:
             options["tls_context"] = self.starttls
         if self.auth is not None:
