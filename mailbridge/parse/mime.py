@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailbridge.parse.charsets import CharsetHints, decode_part, decode_text, reencode_words
 from mailbridge.parse.senders import pick_sender
+from mailbridge.parse.structure import message_from_bytes
 
 if TYPE_CHECKING:
     import mailparser
@@ -182,7 +183,7 @@ def _parse_bytes(raw: bytes) -> ParsedMail:
     if plain is not None:
         return plain
     try:
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        message = message_from_bytes(raw)
     except Exception as exc:  # mail-parser and the fallback below would fail the same way
         return _headers_only(raw, f"parse_mail: {exc!r}")
     try:
@@ -379,7 +380,7 @@ def _parse_large(raw: bytes) -> ParsedMail | None:
         pieces += [raw[position:start], base64.b64encode(marker.encode("ascii")), b"\r\n"]
         position = end
     pieces.append(raw[position:])
-    message = email.message_from_bytes(b"".join(pieces), policy=email.policy.compat32)
+    message = message_from_bytes(b"".join(pieces))
     decoded: dict[int, bytes] = {}
     for part in message.walk():
         if part.is_multipart():
