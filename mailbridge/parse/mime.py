@@ -6,6 +6,7 @@ import base64
 import email
 import email.parser
 import email.policy
+import functools
 import logging
 import mimetypes
 import re
@@ -581,7 +582,7 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
     exactly as it decodes them).
     """
     from mailparser.dates import date_diagnostics, parse_mail_date
-    from mailparser.utils import decode_header_part, get_addresses, receiveds_parsing
+    from mailparser.utils import decode_header_part, receiveds_parsing
 
     counts: dict[str, int] = {}
     received: list[str] = []
@@ -621,7 +622,9 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
     addresses: dict[str, list[tuple[str, str]]] = {}
     for key in _ADDRESS_HEADERS:
         for value in message.get_all(key, []) if key in counts else []:
-            found = get_addresses(value, defects=diagnostics, decode_names=True)
+            found, reported = _mail_parser_addresses(value)
+            if reported:
+                return None
             addresses.setdefault(key, found)
     date = None
     if date_value is not None:
@@ -697,6 +700,34 @@ def _parse_plain(message: Message, decoded: dict[int, bytes] | None = None) -> P
     )
 
 
+# Header values are short and repeat from mail to mail (a sender's From, the desk's To):
+# their readings are kept. Longer values are read every time.
+_CACHED_VALUE = 2048
+
+
+def _mail_parser_addresses(value: object) -> tuple[list[tuple[str, str]], bool]:
+    """mail-parser's reading of an address header: its addresses, and whether it reported
+    anything about the value (a diagnostic sends the mail to mail-parser)."""
+    if isinstance(value, str) and len(value) <= _CACHED_VALUE:
+        found, reported = _addresses_of_text(value)
+        return list(found), reported
+    return _read_addresses(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _addresses_of_text(value: str) -> tuple[tuple[tuple[str, str], ...], bool]:
+    found, reported = _read_addresses(value)
+    return tuple(found), reported
+
+
+def _read_addresses(value: object) -> tuple[list[tuple[str, str]], bool]:
+    from mailparser.utils import get_addresses
+
+    diagnostics: list[dict[str, object]] = []
+    found = get_addresses(value, defects=diagnostics, decode_names=True)  # type: ignore[arg-type]
+    return found, bool(diagnostics)
+
+
 def _flatten_defects(items: object) -> list[str]:
     """mail-parser reports {content type: [defect, ...]}; keep one line per defect."""
     out: list[str] = []
@@ -713,11 +744,25 @@ def _flatten_defects(items: object) -> list[str]:
 def _decoded_header(value: object) -> str:
     if value is None:
         return ""
+    if isinstance(value, str) and len(value) <= _CACHED_VALUE:
+        return _decoded_text(value)
     try:
         text = str(value)
-        return str(make_header(decode_header(reencode_words(text) or text)))
     except Exception:
         return str(value)
+    return _decode_words(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decoded_text(text: str) -> str:
+    return _decode_words(text)
+
+
+def _decode_words(text: str) -> str:
+    try:
+        return str(make_header(decode_header(reencode_words(text) or text)))
+    except Exception:
+        return text
 
 
 def _is_body(part: Message) -> bool:
