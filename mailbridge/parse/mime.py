@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailbridge.parse.charsets import CharsetHints, decode_part, decode_text, reencode_words
 from mailbridge.parse.senders import pick_sender
-from mailbridge.parse.structure import message_from_bytes
+from mailbridge.parse.structure import message_from_bytes, parse_headers
 
 if TYPE_CHECKING:
     import mailparser
@@ -492,9 +492,7 @@ def _find_big_bodies(raw: bytes, start: int, end: int, depth: int,
     found = _HEADER_END.search(raw, start, end)
     if found is None:
         return
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        raw[start:found.end()]
-    )
+    headers = parse_headers(raw[start:found.end()].decode("ascii", "surrogateescape"))
     body_start = found.end()
     ctype = headers.get_content_type()
     if headers.get_content_maintype() == "multipart":

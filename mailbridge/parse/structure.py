@@ -25,13 +25,15 @@ import email.policy
 import re
 from email.message import Message
 
-__all__ = ["message_from_bytes", "regular_message"]
+__all__ = ["message_from_bytes", "parse_headers", "regular_message"]
 
 _POLICY = email.policy.compat32
 # A line end, then an empty line: the end of a header block (a lone CR ends a line,
 # a CR before LF does not).
 _BLANK_LINE = re.compile(r"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 _MAX_DEPTH = 30
+# A field name as the feedparser takes it: printable ASCII up to the first colon.
+_FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
 
 
 class _Irregular(Exception):
@@ -56,13 +58,45 @@ def regular_message(raw: bytes) -> Message | None:
         return None
 
 
-def _strip_eol(value: str) -> str:
-    """`value` without one trailing line end (what belongs to the next delimiter line)."""
-    if value.endswith("\r\n"):
-        return value[:-2]
-    if value.endswith(("\r", "\n")):
-        return value[:-1]
-    return value
+def _without_eol(text: str, start: int, end: int) -> int:
+    """Where text[start:end] ends without one trailing line end (which belongs to the
+    delimiter line after it)."""
+    if end - start >= 2 and text.startswith("\r\n", end - 2, end):
+        return end - 2
+    if end > start and text[end - 1] in "\r\n":
+        return end - 1
+    return end
+
+
+def parse_headers(block: str) -> Message:
+    """`email.parser.Parser(policy=compat32).parsestr(block, headersonly=True)`, cheaper
+    when `block` is header lines and the empty line that ends them."""
+    lines = block.splitlines(True)
+    if lines and lines[-1] in ("\r\n", "\n", "\r"):
+        lines.pop()  # the empty line
+        message = Message(policy=_POLICY)
+        header: list[str] = []
+        for line in lines:
+            if not line.endswith(("\n", "\r")):
+                break  # split at a character only str.splitlines() takes for a line end
+            if line[0] in " \t":
+                if not header:
+                    break  # a continuation line first
+                header.append(line)
+                continue
+            colon = line.find(":")
+            if colon <= 0 or not _FIELD_NAME.fullmatch(line, 0, colon):
+                break  # not a header line, or a From line
+            if header:
+                message.set_raw(*_POLICY.header_source_parse(header))
+            header = [line]
+        else:
+            if header:
+                message.set_raw(*_POLICY.header_source_parse(header))
+            message.set_payload("")
+            return message
+    # Anything unusual in the block: the stdlib reads it.
+    return email.parser.Parser(policy=_POLICY).parsestr(block, headersonly=True)
 
 
 def _entity(text: str, start: int, end: int, nested: bool, depth: int) -> Message:
@@ -76,15 +110,14 @@ def _entity(text: str, start: int, end: int, nested: bool, depth: int) -> Messag
         if found is None:
             raise _Irregular  # headers up to the end (or nothing at all)
         body = found.end()
-    message = email.parser.Parser(policy=_POLICY).parsestr(text[start:body], headersonly=True)
+    message = parse_headers(text[start:body])
     if message.defects or message._payload != "":  # type: ignore[attr-defined]
         raise _Irregular  # a line the header block ends at otherwise, or reported
     maintype = message.get_content_maintype()
     if maintype == "message":
         raise _Irregular
     if maintype != "multipart":
-        payload = text[body:end]
-        message.set_payload(_strip_eol(payload) if nested else payload)
+        message.set_payload(text[body:_without_eol(text, body, end) if nested else end])
         return message
     if message.get_content_type() == "multipart/digest":
         raise _Irregular  # its parts default to message/rfc822
@@ -123,17 +156,18 @@ def _entity(text: str, start: int, end: int, nested: bool, depth: int) -> Messag
             if closing:
                 raise _Irregular  # a closing delimiter before any part
             if found > body:
-                message.preamble = _strip_eol(text[body:found])
+                message.preamble = text[body:_without_eol(text, body, found)]
         else:
             if found == part_start:
                 raise _Irregular  # delimiter lines in a row: the stdlib skips them
             parts.append(_entity(text, part_start, found, True, depth + 1))
         if closing:
-            epilogue = text[after:end]
-            if nested:
-                message.epilogue = _strip_eol(epilogue) if epilogue else None
+            if not nested:
+                message.epilogue = text[after:end]
+            elif after < end:
+                message.epilogue = text[after:_without_eol(text, after, end)]
             else:
-                message.epilogue = epilogue
+                message.epilogue = None
             break
         if after == end:
             raise _Irregular  # a delimiter at the very end: no closing one

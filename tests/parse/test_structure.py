@@ -91,6 +91,8 @@ EDGE_CASES = [
     b": no name\n" + HEAD + b"\nbody\n",
     HEAD + b"X-Folded: one\n two\n\tthree\n\nbody\n",
     HEAD + b"X-Eight-Bit: \xc3\xa1\xff\n\n\xe9t\xe9\n",
+    HEAD + b"X-Form-Feed: a\x0cb\x0bc\x1cd\x1de\x1ef\n\nbody\x0c\x0b\x1c\n",
+    _multipart(b"--XYZ\nX-Form-Feed: a\x0cb\n\none\x0c\n--XYZ\x0c\n--XYZ--\x0b\n--XYZ--\n"),
     HEAD,  # headers only
     b"",
     b"garbage without any line end",
@@ -149,3 +151,32 @@ def test_common_shapes_take_the_fast_reading() -> None:
         found = regular_message(raw)
         assert found is not None and len(list(found.walk())) == 5
     assert sum(regular_message(raw) is not None for raw in EDGE_CASES) >= 20
+
+
+def _header_blocks() -> list[str]:
+    import re
+
+    blocks = [
+        "", "\n", "\r\n", "A: b", "A: b\n", "A: b\n\n", "A: b\r\n\r\n", "A: b\r\r\n", " A: b\n\n",
+        "A: b\n c\n\td\n\n", "From x\nA: b\n\n", "A: b\nFrom x\n\n", ": b\n\n", "A b: c\n\n",
+        "A: b\nnot a header\n\n", "A: b\x0cc\n\n", "A:\n\n", "A:b:c\n\n", "A: \udcc3\udca1\n\n",
+        "A: b\n\nbody\n", "A: b\n \n\n",
+    ]
+    blank = re.compile(r"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+    for path in _mail_files():
+        for raw in _variants(path.read_bytes()):
+            text = raw.decode("ascii", "surrogateescape")
+            found = blank.search(text)
+            if found is not None:
+                blocks.append(text[:found.end()])
+    return blocks
+
+
+def test_header_blocks_read_as_the_stdlib_reads_them() -> None:
+    from email.parser import Parser
+
+    from mailbridge.parse.structure import parse_headers
+
+    for block in _header_blocks():
+        assert _tree(parse_headers(block)) == _tree(
+            Parser(policy=email.policy.compat32).parsestr(block, headersonly=True)), block
