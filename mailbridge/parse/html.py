@@ -14,6 +14,10 @@ _BLOCK = {
 # <head> is not skipped: its only text is in <title>, <style> and <script>, and an
 # unclosed <head> must not swallow the body.
 _SKIP = {"script", "style", "title", "template"}
+_LINE_BREAK = re.compile(r"\s*\n\s*")
+_SOURCE_SPACE = re.compile(r"[ \t\r\n\f]+")
+_CELL_SPACE = re.compile(r"[ \f\v]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 @dataclass
@@ -29,7 +33,7 @@ def _render_row(cells: list[str]) -> str:
     texts = [text for text in texts if text]
     if not texts:
         return ""
-    single = [re.sub(r"\s*\n\s*", "\n", text) for text in texts]
+    single = [_LINE_BREAK.sub("\n", text) for text in texts]
     if all("\n" not in text for text in single):
         return "\t".join(single)
     return "\n".join(texts)
@@ -137,7 +141,7 @@ class _TextExtractor(HTMLParser):
             self._emit(data.replace("\t", "    "))
         else:
             # Source line breaks and indentation are not text in HTML.
-            self._emit(re.sub(r"[ \t\r\n\f]+", " ", data))
+            self._emit(_SOURCE_SPACE.sub(" ", data))
 
 
 def html_to_text(markup: str) -> str:
@@ -158,9 +162,9 @@ def html_to_text(markup: str) -> str:
     text = text.replace("\xa0", " ").replace("\r\n", "\n").replace("\r", "\n")
     lines = []
     for line in text.splitlines():
-        cells = [re.sub(r"[ \f\v]+", " ", cell).strip() for cell in line.split("\t")]
+        cells = [_CELL_SPACE.sub(" ", cell).strip() for cell in line.split("\t")]
         lines.append("\t".join(cell for cell in cells if cell))
-    result = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    result = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
     if not result and "<" in markup:
         # An unclosed <style> or <script> swallowed everything: strip the tags instead.
         stripped = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>|<[^>]+>", " ", markup)

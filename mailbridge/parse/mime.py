@@ -78,6 +78,8 @@ def clean_header_text(value: str | None) -> str:
     """One line of text: no CR/LF or control characters, whitespace folded."""
     if not value:
         return ""
+    if isinstance(value, str) and value.isprintable():  # its only whitespace is the space
+        return value.strip() if "  " not in value else _WS_RE.sub(" ", value).strip()
     value = "".join(ch if ch.isprintable() else " " for ch in value)
     return _WS_RE.sub(" ", value).strip()
 
