@@ -76,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     first = rows[0]["pipeline_minstr_per_mail"]
     for row in rows:
         row["ratio_to_first"] = round(row["pipeline_minstr_per_mail"] / first, 3)
-    print(json.dumps({"mails": args.mails, "seconds": round(time.monotonic() - started, 1),
-                      "trees": rows}, indent=2))
+    report = {"mails": args.mails, "seconds": round(time.monotonic() - started, 1),
+              "trees": rows}
+    print(json.dumps(report, indent=2))
+    results = REPO / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    saved = results / f"icount-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    saved.write_text(json.dumps(report, indent=2) + "\n")
     for row in rows:
         print(f"{row['pipeline_minstr_per_mail']:8.2f} M instructions per mail "
               f"({row['ratio_to_first']:.3f}x)  {row['tree']}")
+    print(f"saved {saved.relative_to(REPO)}")
     return 0
 
 
