@@ -37,6 +37,7 @@ def count(tree: Path, mails: int, *extra: str) -> int:
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
            "--cachegrind-out-file=/dev/null", PYTHON, str(REPO / "bench" / "inproc.py"),
            "--mails", str(mails), "--batch", "1", "--pipeline-only", "--tree", str(tree),
+           "--tag", "icount1796000000",
            *extra]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

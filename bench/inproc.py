@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                              "counting instructions: bench/README.md)")
     parser.add_argument("--no-pipeline", action="store_true",
                         help="build and store the corpus only (the fixed part of a count)")
+    parser.add_argument("--tag", default="", help="the corpus's domain tag (default: from "
+                        "the clock; bench/icount.py fixes it so that runs compare exactly)")
     parser.add_argument("--statements", action="store_true",
                         help="+ the SQL statements per mail, by kind (on stderr)")
     parser.add_argument("--tree", default=str(REPO), help="a mailbridge source tree")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
             pass
         else:
             record_events(db, [])
-        corpus = Corpus(args.seed, domain_tag=f"inproc{int(time.time())}")
+        corpus = Corpus(args.seed, domain_tag=args.tag or f"inproc{int(time.time())}")
         slots = corpus.plan(args.mails, reply_ratio=args.reply_ratio)
         openings = [corpus.opening(s.index) for s in slots if s.kind == "opening"]
         by_index = {m.index: m for m in openings}
