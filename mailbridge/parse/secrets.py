@@ -26,26 +26,51 @@ _KEY_BEGIN_RE = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?---
 _KEY_END_RE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 # Without an END line the key runs over the following base64 lines.
 _KEY_BODY_RE = re.compile(r"(?:\n[ \t]*[A-Za-z0-9+/=][A-Za-z0-9+/=:\-, ]*)*")
-_WHOLE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+# Each with the literal text every match of it contains (any of them): a text that holds
+# none of them has no match, and is not scanned. These patterns start with a lookbehind,
+# so `re` finds no prefix to skip to and tries the pattern at every position.
+_WHOLE_PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
     (
         re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}(?![A-Za-z0-9])"),
         API_KEY,
+        ("AKIA", "ASIA", "AGPA", "AIDA", "AROA"),
     ),
-    (re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"), TOKEN),
-    (re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}"), TOKEN),
-    (re.compile(r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_\-]{20,}"), TOKEN),
-    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}"), TOKEN),
-    (re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,}"), TOKEN),
-    (re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-])"), API_KEY),
-    (re.compile(r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}"), API_KEY),
-    (re.compile(r"(?<![A-Za-z0-9])sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{32,}"), API_KEY),
-    (re.compile(r"(?<![A-Za-z0-9])SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"), API_KEY),
+    (
+        re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"),
+        TOKEN,
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    ),
+    (re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}"), TOKEN, ("github_pat_",)),
+    (re.compile(r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_\-]{20,}"), TOKEN, ("glpat-",)),
+    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}"), TOKEN, ("xox",)),
+    (
+        re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,}"),
+        TOKEN,
+        ("https://hooks.slack.com/services/",),
+    ),
+    (
+        re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-])"),
+        API_KEY,
+        ("AIza",),
+    ),
+    (
+        re.compile(r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}"),
+        API_KEY,
+        ("_live_", "_test_"),
+    ),
+    (re.compile(r"(?<![A-Za-z0-9])sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{32,}"), API_KEY, ("sk-",)),
+    (
+        re.compile(r"(?<![A-Za-z0-9])SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"),
+        API_KEY,
+        ("SG.",),
+    ),
     # JSON Web Tokens: header.payload.signature, both first parts base64url JSON.
     (
         re.compile(
             r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"
         ),
         TOKEN,
+        (".eyJ",),
     ),
 ]
 
@@ -77,6 +102,15 @@ _PASSWORD_RE = re.compile(
     r"(?P<value>[^\s]{1,128})(?P<tail>[^\n]*)"
 )
 _PASSWORD_WORD_RE = re.compile(rf"(?i)(?:{_PASSWORD_WORDS})")
+# The lower-case words each case-insensitive pattern's matches contain (any of them),
+# looked for in the lower-cased text. Under re.IGNORECASE an ASCII letter also matches
+# four other characters ("İ", "ı", "ſ", the Kelvin sign "K") that lower() does not turn
+# into it: a text with one of them is scanned whatever it holds.
+_URL_PASSWORD_NEEDLES = ("://",)  # not a letter: looked for in the text itself
+_BEARER_NEEDLES = ("bearer", "token")
+_KEYED_TOKEN_NEEDLES = ("api", "token", "secret", "aws_access_key_id", "private")
+_PASSWORD_NEEDLES = ("contrase", "pass", "pwd", "clave", "pin")
+_CASELESS_ODD = "\u0130\u0131\u017f\u212a"
 # Words after "contraseña:" that describe rather than reveal it.
 _NOT_A_PASSWORD = {
     "la", "el", "lo", "no", "si", "sí", "de", "del", "es", "un", "una", "mi", "su", "tu", "que",
@@ -160,15 +194,28 @@ def _private_key_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-def _find_spans(text: str) -> list[tuple[int, int, str]]:
+def _find_spans(text: str, *, precheck: bool = True) -> list[tuple[int, int, str]]:
+    """Every secret's (start, end, kind). `precheck` skips a pattern when the text lacks
+    the words all of its matches contain (the result is the same: tests compare)."""
     spans: list[tuple[int, int, str]] = []
     spans.extend(_private_key_spans(text))
-    for pattern, kind in _WHOLE_PATTERNS:
+    for pattern, kind, needles in _WHOLE_PATTERNS:
+        if precheck and not any(needle in text for needle in needles):
+            continue
         for match in pattern.finditer(text):
             spans.append((match.start(), match.end(), kind))
-    for match in _URL_PASSWORD_RE.finditer(text):
-        spans.append((match.start("value"), match.end("value"), PASSWORD))
-    for pattern in (_BEARER_RE, _KEYED_TOKEN_RE):
+    if not precheck or any(needle in text for needle in _URL_PASSWORD_NEEDLES):
+        for match in _URL_PASSWORD_RE.finditer(text):
+            spans.append((match.start("value"), match.end("value"), PASSWORD))
+    lowered = text.lower() if precheck and not any(c in text for c in _CASELESS_ODD) else None
+
+    def may_match(needles: tuple[str, ...]) -> bool:
+        return lowered is None or any(needle in lowered for needle in needles)
+
+    keyed = ((_BEARER_RE, _BEARER_NEEDLES), (_KEYED_TOKEN_RE, _KEYED_TOKEN_NEEDLES))
+    for pattern, needles in keyed:
+        if not may_match(needles):
+            continue
         for match in pattern.finditer(text):
             value = match.group("value")
             # A long word is not a token: want digits or mixed case.
@@ -178,7 +225,8 @@ def _find_spans(text: str) -> list[tuple[int, int, str]]:
                 keyword = fold(match.group(0)[: match.start("value") - match.start()])
                 kind = API_KEY if ("api" in keyword or "key" in keyword) else TOKEN
                 spans.append((match.start("value"), match.end("value"), kind))
-    spans.extend(_password_spans(text))
+    if may_match(_PASSWORD_NEEDLES):
+        spans.extend(_password_spans(text))
     return spans
 
 

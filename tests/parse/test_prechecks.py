@@ -1,0 +1,94 @@
+"""The parse modules skip scans a cheap test says cannot find anything: the results with
+and without those prechecks are the same, on the test messages, the shared corpus of real
+mail and the secret-shaped texts of the unit tests (also with their letters disguised)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from mailbridge.parse import secrets
+from mailbridge.parse.mime import parse_mail
+from tests.parse.test_secrets import NOT_SECRETS, REDACTIONS
+from tests.support.corpus import corpus_dir, read_raw
+
+MESSAGES = Path(__file__).resolve().parent.parent / "messages"
+NOT_MAIL = {".md", ".json", ".tsv", ".rb", ".py", ".gitattributes"}
+
+
+def _mail_files() -> list[Path]:
+    files = sorted(MESSAGES.rglob("*.eml"))
+    root = corpus_dir()
+    if root.is_dir():
+        files += sorted(
+            p for p in root.rglob("*")
+            if p.is_file() and p.suffix not in NOT_MAIL
+            and not p.name.startswith(("LICENSE", "."))
+        )
+    return files
+
+
+@lru_cache(maxsize=1)
+def mail_texts() -> tuple[str, ...]:
+    texts: list[str] = []
+    for path in _mail_files():
+        try:
+            mail = parse_mail(read_raw(path))
+        except Exception:  # noqa: S112 - the parse tests cover those
+            continue
+        texts.append(mail.text)
+    return tuple(texts)
+
+
+# Non-ASCII characters that re.IGNORECASE lets stand for an ASCII letter.
+_ALL_NON_ASCII = "".join(chr(c) for c in range(0x80, sys.maxunicode + 1)
+                         if not 0xD800 <= c <= 0xDFFF)
+
+
+def test_the_odd_caseless_characters_are_all_of_them() -> None:
+    found = set()
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        found |= set(re.findall(f"(?i){letter}", _ALL_NON_ASCII))
+        found |= set(re.findall(f"(?i)[{letter}]", _ALL_NON_ASCII))
+    assert found == set(secrets._CASELESS_ODD)
+
+
+def test_needles_are_lower_case() -> None:
+    for needles in (secrets._BEARER_NEEDLES, secrets._KEYED_TOKEN_NEEDLES,
+                    secrets._PASSWORD_NEEDLES):
+        assert all(needle == needle.lower() for needle in needles)
+
+
+def _disguised(text: str) -> Iterator[str]:
+    yield text
+    yield text.upper()
+    yield text.swapcase()
+    yield f"x{text}y\n{text}"
+    for odd, letter in (("\u212a", "k"), ("\u017f", "s"), ("\u0131", "i"), ("\u0130", "i")):
+        yield text.replace(letter, odd).replace(letter.upper(), odd)
+
+
+SECRET_TEXTS = [t for text, _stored, _kinds in REDACTIONS for t in _disguised(text)] + [
+    t for text in NOT_SECRETS for t in _disguised(text)
+]
+
+
+@pytest.mark.parametrize("text", SECRET_TEXTS)
+def test_secret_prechecks_hide_nothing_in_unit_texts(text: str) -> None:
+    assert secrets._find_spans(text) == secrets._find_spans(text, precheck=False)
+
+
+def test_secret_prechecks_hide_nothing_in_mail() -> None:
+    texts = mail_texts()
+    assert len(texts) > 50
+    found = 0
+    for text in texts:
+        with_precheck = secrets._find_spans(text)
+        assert with_precheck == secrets._find_spans(text, precheck=False)
+        found += bool(with_precheck)
+    assert found  # the corpus does hold secret-shaped text
