@@ -136,6 +136,52 @@ _WHITESPACE_RE = re.compile(r"\s+")
 _header = decoded_header
 
 
+class MessageView:
+    """What classification reads of one message, each read once: decoded headers
+    (`decoded_header`), the content type, report type and part types. A header the
+    message lacks is answered "" without a search (Message.get reads every header to
+    miss one; classification asks for ~30 names, most of them absent). The message must
+    not change while the view is used."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self._headers: dict[str, str] = {}
+        self._names: frozenset[str] | None
+        try:
+            self._names = frozenset(str(key).lower() for key in message.keys())
+        except Exception:  # read each header as decoded_header does
+            self._names = None
+        self._content_type: str | None = None
+        self._report_type: str | None = None
+        self._part_types: set[str] | None = None
+
+    def header(self, name: str) -> str:
+        key = name.lower()
+        found = self._headers.get(key)
+        if found is None:
+            if self._names is not None and key not in self._names:
+                found = ""  # what decoded_header gives for a missing header
+            else:
+                found = decoded_header(self.message, name)
+            self._headers[key] = found
+        return found
+
+    def content_type(self) -> str:
+        if self._content_type is None:
+            self._content_type = content_type(self.message)
+        return self._content_type
+
+    def report_type(self) -> str:
+        if self._report_type is None:
+            self._report_type = report_type(self.message)
+        return self._report_type
+
+    def part_types(self) -> set[str]:
+        if self._part_types is None:
+            self._part_types = part_types(self.message)
+        return self._part_types
+
+
 def content_type(message: Message) -> str:
     try:
         return message.get_content_type()
@@ -167,11 +213,13 @@ def part_types(message: Message) -> set[str]:
     return {content_type(part) for part in _walk_outside_attached(message)}
 
 
+_ATTACHED_ORIGINAL = frozenset(
+    {"message/rfc822", "message/global", "text/rfc822-headers", "message/rfc822-headers"}
+)
+
+
 def has_attached_original(message: Message) -> bool:
-    return bool(
-        part_types(message)
-        & {"message/rfc822", "message/global", "text/rfc822-headers", "message/rfc822-headers"}
-    )
+    return bool(part_types(message) & _ATTACHED_ORIGINAL)
 
 
 def is_null_or_daemon_path(message: Message, envelope_sender: str | None = None) -> bool:
@@ -188,15 +236,15 @@ def is_null_or_daemon_path(message: Message, envelope_sender: str | None = None)
     return False
 
 
-def _is_daemon_from(message: Message) -> bool:
-    name, address = parseaddr(_header(message, "From"))
+def _is_daemon_from(message: Message, view: MessageView | None = None) -> bool:
+    name, address = parseaddr((view or MessageView(message)).header("From"))
     local = address.split("@", 1)[0] if address else ""
     return bool((local and _DAEMON_LOCAL_RE.match(local)) or _DAEMON_NAME_RE.search(name or ""))
 
 
-def _is_mail_system_from(message: Message) -> bool:
+def _is_mail_system_from(message: Message, view: MessageView | None = None) -> bool:
     """From MAILER-DAEMON / "Mail Delivery System": never a person (postmaster can be)."""
-    name, address = parseaddr(_header(message, "From"))
+    name, address = parseaddr((view or MessageView(message)).header("From"))
     local = (address.split("@", 1)[0] if address else "").lower()
     if local and _DAEMON_LOCAL_RE.match(local) and "postmaster" not in local.replace("_", ""):
         return True
@@ -280,34 +328,38 @@ def _block_text(block: Message) -> str:
     return "\n".join(f"{key}: {value}" for key, value in block.items())
 
 
-def bounce_reason(message: Message, envelope_sender: str | None = None) -> str | None:
+def bounce_reason(
+    message: Message, envelope_sender: str | None = None, view: MessageView | None = None
+) -> str | None:
     """Why this looks like a delivery report (or a feedback report), or None.
 
     A report a customer forwards to the desk ("RV: Undelivered Mail…", or attached as a
     message) is the customer's mail, not a bounce: only the report's own parts count, and
-    subject rules skip subjects with a reply or forward prefix.
+    subject rules skip subjects with a reply or forward prefix. `view` is the message's,
+    when the caller reads it too.
     """
-    ctype = content_type(message)
-    rtype = report_type(message)
-    types = part_types(message)
+    view = view or MessageView(message)
+    ctype = view.content_type()
+    rtype = view.report_type()
+    types = view.part_types()
     if ctype == "multipart/report" and rtype in ("delivery-status", "global-delivery-status"):
         return f"multipart/report report-type={rtype}"
     if "message/delivery-status" in types or "message/global-delivery-status" in types:
         return "message/delivery-status part"
     if rtype == "feedback-report" or "message/feedback-report" in types:
         return "feedback report (ARF)"
-    subject = _header(message, "Subject")
+    subject = view.header("Subject")
     prefixed = bool(_REPLY_PREFIX_RE.match(subject))
-    sender = _header(message, "From").lower()
+    sender = view.header("From").lower()
     if "amazonaws.com" in sender or "amazonses.com" in sender:
         if _SES_TYPE_RE.search(text_of(message)):
             return "Amazon SES notification"
-    if _FEEDBACK_SUBJECT_RE.search(subject) and has_attached_original(message) and not prefixed:
+    if _FEEDBACK_SUBJECT_RE.search(subject) and bool(types & _ATTACHED_ORIGINAL) and not prefixed:
         return "feedback report (abuse complaint)"
-    named_daemon = _is_daemon_from(message)
+    named_daemon = _is_daemon_from(message, view)
     null_sender = is_null_or_daemon_path(message, envelope_sender)
     subject_hit = bool(BOUNCE_SUBJECT_RE.search(subject)) and not prefixed
-    if (named_daemon or null_sender) and (subject_hit or _header(message, "X-Failed-Recipients")):
+    if (named_daemon or null_sender) and (subject_hit or view.header("X-Failed-Recipients")):
         return "delivery report from MAILER-DAEMON/postmaster"
     no_reply = not prefixed and bool(_NOREPLY_LOCAL_RE.match(parseaddr(sender)[1].split("@", 1)[0]))
     if not (named_daemon or null_sender or subject_hit or no_reply):
@@ -320,13 +372,13 @@ def bounce_reason(message: Message, envelope_sender: str | None = None) -> str |
     strong = _strong_body_signs(body)
     if named_daemon and BOUNCE_BODY_RE.search(body):
         # A postmaster may be a person writing to the desk; a mail system is not.
-        if _is_mail_system_from(message) or strong >= 2:
+        if _is_mail_system_from(message, view) or strong >= 2:
             return "DSN-like text from MAILER-DAEMON/postmaster"
     if null_sender and strong >= 2:
         return "DSN-like text from the null sender"
     if subject_hit and strong >= 2:
         return "delivery failure subject and text"
-    if no_reply and has_attached_original(message) and strong >= 2:
+    if no_reply and bool(types & _ATTACHED_ORIGINAL) and strong >= 2:
         return "delivery failure text from a no-reply sender, original attached"
     if ctype == "multipart/report" and rtype != "disposition-notification":
         return "multipart/report"

@@ -10,14 +10,7 @@ from email.message import Message
 from email.utils import getaddresses
 
 from mailbridge.parse.ahead import ahead
-from mailbridge.parse.bounces import (
-    bounce_reason,
-    content_type,
-    decoded_header,
-    part_types,
-    report_type,
-    text_of,
-)
+from mailbridge.parse.bounces import MessageView, bounce_reason, text_of
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +88,6 @@ _LIST_HEADERS = (
 )
 
 
-def _header(message: Message, name: str) -> str:
-    return decoded_header(message, name)
-
-
 def _all_headers(message: Message, name: str) -> list[str]:
     try:
         return [str(value) for value in message.get_all(name, []) or []]
@@ -130,12 +119,13 @@ def classify(
     bounces, auto-replies, mailing lists, bulk.
     """
     own = frozenset(_base_address(a) for a in own_addresses if a)
+    view = MessageView(message)  # the rules read the same headers: each read once
     rules: tuple[Callable[[], Classification | None], ...] = (
         lambda: _own(message, own),
-        lambda: _receipt(message),
-        lambda: _bounce(message, envelope_sender),
-        lambda: _auto_reply(message, envelope_sender),
-        lambda: _list_or_bulk(message),
+        lambda: _receipt(view),
+        lambda: _bounce(view, envelope_sender),
+        lambda: _auto_reply(view, envelope_sender),
+        lambda: _list_or_bulk(view),
     )
     for rule in rules:
         try:
@@ -161,52 +151,53 @@ def _own(message: Message, own: frozenset[str]) -> Classification | None:
     return None
 
 
-def _receipt(message: Message) -> Classification | None:
-    rtype = report_type(message)
+def _receipt(view: MessageView) -> Classification | None:
+    rtype = view.report_type()
     if rtype == "disposition-notification":
         return Classification(RECEIPT, "multipart/report report-type=disposition-notification")
-    if "message/disposition-notification" in part_types(message):
+    if "message/disposition-notification" in view.part_types():
         return Classification(RECEIPT, "message/disposition-notification part")
-    if content_type(message) == "multipart/report" and _RECEIPT_SUBJECT_RE.search(
-        _header(message, "Subject")
+    if view.content_type() == "multipart/report" and _RECEIPT_SUBJECT_RE.search(
+        view.header("Subject")
     ):
         return Classification(RECEIPT, "multipart/report with a read-receipt subject")
     return None
 
 
-def _bounce(message: Message, envelope_sender: str | None) -> Classification | None:
-    reason = bounce_reason(message, envelope_sender)
+def _bounce(view: MessageView, envelope_sender: str | None) -> Classification | None:
+    reason = bounce_reason(view.message, envelope_sender, view)
     return Classification(BOUNCE, reason) if reason else None
 
 
-def _auto_reply(message: Message, envelope_sender: str | None) -> Classification | None:
-    auto = _header(message, "Auto-Submitted").lower()
+def _auto_reply(view: MessageView, envelope_sender: str | None) -> Classification | None:
+    auto = view.header("Auto-Submitted").lower()
     if auto and auto != "no":
         return Classification(AUTO_REPLY, f"Auto-Submitted: {auto}")
     for name in _AUTO_HEADERS:
-        value = _header(message, name)
+        value = view.header(name)
         if value and value.lower() not in ("no", "false", "0"):
             return Classification(AUTO_REPLY, f"{name}: {value[:40]}")
-    suppress = _header(message, "X-Auto-Response-Suppress").lower()
+    suppress = view.header("X-Auto-Response-Suppress").lower()
     if suppress == "all":
         return Classification(AUTO_REPLY, "X-Auto-Response-Suppress: All")
-    precedence = _header(message, "Precedence").lower()
-    if precedence == "auto_reply" or _header(message, "X-Precedence").lower() == "auto_reply":
+    precedence = view.header("Precedence").lower()
+    if precedence == "auto_reply" or view.header("X-Precedence").lower() == "auto_reply":
         return Classification(AUTO_REPLY, "Precedence: auto_reply")
-    if _header(message, "X-Apple-Action").upper() == "VACATION":
+    if view.header("X-Apple-Action").upper() == "VACATION":
         return Classification(AUTO_REPLY, "X-Apple-Action: VACATION")
-    if "autoresponder" in _header(message, "X-POST-MessageClass").lower():
+    if "autoresponder" in view.header("X-POST-MessageClass").lower():
         return Classification(AUTO_REPLY, "X-POST-MessageClass: Autoresponder")
-    subject = _header(message, "Subject")
+    subject = view.header("Subject")
     if _OUT_OF_OFFICE_SUBJECT_RE.search(subject):
-        sign = _out_of_office_sign(message, envelope_sender, suppress)
+        sign = _out_of_office_sign(view, envelope_sender, suppress)
         if sign:
             return Classification(AUTO_REPLY, f"out-of-office subject and {sign}")
     return None
 
 
-def _out_of_office_sign(message: Message, envelope_sender: str | None, suppress: str) -> str:
+def _out_of_office_sign(view: MessageView, envelope_sender: str | None, suppress: str) -> str:
     """A second sign that a mail with an out-of-office subject is an automatic one."""
+    message = view.message
     if envelope_sender is not None and envelope_sender.strip("<> ") == "":
         return "null sender"
     return_paths = _all_headers(message, "Return-Path")
@@ -214,24 +205,24 @@ def _out_of_office_sign(message: Message, envelope_sender: str | None, suppress:
         return "null Return-Path"
     if suppress:
         return "X-Auto-Response-Suppress"
-    if _header(message, "X-MS-Exchange-Inbox-Rules-Loop"):
+    if view.header("X-MS-Exchange-Inbox-Rules-Loop"):
         return "Exchange inbox-rule loop header"
-    if _header(message, "X-Mailer").lower().find("vacation") >= 0:
+    if view.header("X-Mailer").lower().find("vacation") >= 0:
         return "vacation mailer"
     if _OUT_OF_OFFICE_BODY_RE.search(text_of(message, 4_000)):
         return "out-of-office text"
     return ""
 
 
-def _list_or_bulk(message: Message) -> Classification | None:
-    precedence = _header(message, "Precedence").lower()
+def _list_or_bulk(view: MessageView) -> Classification | None:
+    precedence = view.header("Precedence").lower()
     if precedence == "list":
         return Classification(LIST, "Precedence: list")
     if precedence in ("bulk", "junk"):
         return Classification(BULK, f"Precedence: {precedence}")
     for name in _LIST_HEADERS:
-        if _header(message, name):
+        if view.header(name):
             return Classification(LIST, f"{name} header")
-    if _header(message, "List-Unsubscribe"):
+    if view.header("List-Unsubscribe"):
         return Classification(BULK, "List-Unsubscribe header (newsletter)")
     return None

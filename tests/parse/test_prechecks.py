@@ -7,12 +7,20 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
+from email.message import Message
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
 from mailbridge.parse import secrets
+from mailbridge.parse.bounces import (
+    MessageView,
+    content_type,
+    decoded_header,
+    part_types,
+    report_type,
+)
 from mailbridge.parse.mime import parse_mail
 from tests.parse.test_secrets import NOT_SECRETS, REDACTIONS
 from tests.support.corpus import corpus_dir, read_raw
@@ -92,3 +100,38 @@ def test_secret_prechecks_hide_nothing_in_mail() -> None:
         assert with_precheck == secrets._find_spans(text, precheck=False)
         found += bool(with_precheck)
     assert found  # the corpus does hold secret-shaped text
+
+
+# --- classification reads each header once, and a missing one without a search ---
+
+_NAMES_READ = (
+    "Subject", "From", "X-Failed-Recipients", "Auto-Submitted", "X-Auto-Response-Suppress",
+    "Precedence", "X-Precedence", "X-Apple-Action", "X-POST-MessageClass", "X-Mailer",
+    "X-MS-Exchange-Inbox-Rules-Loop", "List-Id", "List-Unsubscribe", "x-autoreply", "FROM",
+)
+
+
+@lru_cache(maxsize=1)
+def mail_messages() -> tuple[Message, ...]:
+    found: list[Message] = []
+    for path in _mail_files():
+        try:
+            found.append(parse_mail(read_raw(path)).message)
+        except Exception:  # noqa: S112 - the parse tests cover those
+            continue
+    return tuple(found)
+
+
+def test_message_view_reads_headers_as_decoded_header_does() -> None:
+    messages = mail_messages()
+    assert len(messages) > 50
+    for message in messages:
+        view = MessageView(message)
+        names = [*_NAMES_READ, *message.keys(), *(k.upper() for k in message.keys())]
+        for _round in range(2):  # the second answers come from the view's memory
+            for name in names:
+                assert view.header(name) == decoded_header(message, name), name
+            assert view.content_type() == content_type(message)
+            assert view.report_type() == report_type(message)
+            assert view.part_types() == part_types(message)
+
