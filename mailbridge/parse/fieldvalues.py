@@ -555,30 +555,48 @@ def detect_severity(text: str) -> str | None:
         if not text or not isinstance(text, str):
             return None
         text = text[:200_000]
-        folded = fold(text)
-        candidates: list[tuple[int, str]] = []
-        for match in _KEYWORD_LEVEL_RE.finditer(folded):
-            level = _level_of(match, _GRAVEDAD_NUMBERS)
-            if level:
-                candidates.append((match.start(), level))
-                break
-        for match in _LEVEL_KEYWORD_RE.finditer(folded):
-            level = _level_of(match, _GRAVEDAD_NUMBERS)
-            if level:
-                candidates.append((match.start(), level))
-                break
-        if candidates:
-            return min(candidates)[1]
-        for match in _P_CODE_RE.finditer(text):
-            return _P_NUMBERS[match.group("num")]
-        if _URGENTE_RE.search(text):
-            return "URGENTE"
-        for match in _IMPACT_LEVEL_RE.finditer(folded):
-            level = _level_of(match, {})
-            if level:
-                return level
+        return _severity(text, fold(text))
     except Exception:
         return None
+
+
+def severity_of_folded(text: str, folded: str) -> str | None:
+    """detect_severity(text), for a caller that has folded it already (``folded`` is
+    fold(text)) and holds at most 200,000 characters."""
+    try:
+        if not text or not isinstance(text, str):
+            return None
+        return _severity(text, folded)
+    except Exception:
+        return None
+
+
+# Capitals _URGENTE_RE's matches hold: a text without them is not searched.
+_URGENTE_NEEDLES = ("URGENT", "CR")
+
+
+def _severity(text: str, folded: str) -> str | None:
+    candidates: list[tuple[int, str]] = []
+    for match in _KEYWORD_LEVEL_RE.finditer(folded):
+        level = _level_of(match, _GRAVEDAD_NUMBERS)
+        if level:
+            candidates.append((match.start(), level))
+            break
+    for match in _LEVEL_KEYWORD_RE.finditer(folded):
+        level = _level_of(match, _GRAVEDAD_NUMBERS)
+        if level:
+            candidates.append((match.start(), level))
+            break
+    if candidates:
+        return min(candidates)[1]
+    for match in _P_CODE_RE.finditer(text):
+        return _P_NUMBERS[match.group("num")]
+    if any(needle in text for needle in _URGENTE_NEEDLES) and _URGENTE_RE.search(text):
+        return "URGENTE"
+    for match in _IMPACT_LEVEL_RE.finditer(folded):
+        level = _level_of(match, {})
+        if level:
+            return level
     return None
 
 

@@ -17,6 +17,7 @@ from mailbridge.parse.fieldvalues import (
     fold,
     parse_contact,
     parse_detection_parts,
+    severity_of_folded,
     split_list,
     zone_for_place,
 )
@@ -296,7 +297,7 @@ def _extract(
         if spec.type == "severity" and severity_from_field is None:
             severity_from_field = typed
 
-    severity = severity_from_field or detect_severity(text)
+    severity = severity_from_field or severity_of_folded(text, folded)
     return ExtractedFields(
         values=values, raw=raw, missing=missing, severity=severity, invalid=invalid
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailbridge.parse import secrets
+from mailbridge.parse import fieldvalues, secrets
 from mailbridge.parse.bounces import (
     MessageView,
     content_type,
@@ -135,3 +135,21 @@ def test_message_view_reads_headers_as_decoded_header_does() -> None:
             assert view.report_type() == report_type(message)
             assert view.part_types() == part_types(message)
 
+
+# --- severity: the text folded once; _URGENTE_RE only searched when its capitals are there ---
+
+SEVERITY_TEXTS = ["URGENTE", "Es URGENT!", "CRÍTICO", "nivel CRITICA", "-URGENTE-", "P1", "crítico"]
+
+
+def test_urgente_precheck_hides_nothing() -> None:
+    for text in [*SEVERITY_TEXTS, *mail_texts()]:
+        if fieldvalues._URGENTE_RE.search(text):
+            assert any(needle in text for needle in fieldvalues._URGENTE_NEEDLES)
+
+
+def test_severity_of_folded_text_is_detect_severity() -> None:
+    for text in [*SEVERITY_TEXTS, *mail_texts()]:
+        text = text[:200_000]
+        assert fieldvalues.severity_of_folded(text, fieldvalues.fold(text)) == (
+            fieldvalues.detect_severity(text)
+        )
