@@ -106,13 +106,15 @@ def subject_words(subject_key: str, *, ignore: str | None = None) -> frozenset[s
 def close_subjects(a: frozenset[str], b: frozenset[str]) -> bool:
     """Whether two subjects name the same issue ("Fallan los reportes", "Falla en reportes"):
     at least two meaningful words in common and most of them shared (Jaccard ≥ 0.6), and no
-    reference that tells them apart (INC1000 / INC1001, "enlace 1" / "enlace 2")."""
+    reference that tells them apart (INC1000 / INC1001, "enlace 1" / "enlace 2").
+    An opening is compared with each open case: the cheap tests go first, most pairs
+    share fewer than two words."""
+    shared = len(a & b)
+    if shared < 2 or shared / (len(a) + len(b) - shared) < 0.6:  # len(a | b)
+        return False
     refs_a = {w for w in a if not w.isalpha()}
     refs_b = {w for w in b if not w.isalpha()}
-    if refs_a and refs_b and refs_a != refs_b:
-        return False
-    shared = len(a & b)
-    return shared >= 2 and shared / len(a | b) >= 0.6
+    return not (refs_a and refs_b and refs_a != refs_b)
 
 
 # --- thanks-only replies ----------------------------------------------------------------------

@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailbridge.parse import fieldvalues, secrets
 from mailbridge.parse.bounces import (
@@ -22,6 +24,7 @@ from mailbridge.parse.bounces import (
     report_type,
 )
 from mailbridge.parse.mime import parse_mail
+from mailbridge.parse.replies import close_subjects, normalise_subject, subject_words
 from tests.parse.test_secrets import NOT_SECRETS, REDACTIONS
 from tests.support.corpus import corpus_dir, read_raw
 
@@ -153,3 +156,34 @@ def test_severity_of_folded_text_is_detect_severity() -> None:
         assert fieldvalues.severity_of_folded(text, fieldvalues.fold(text)) == (
             fieldvalues.detect_severity(text)
         )
+
+
+# --- close subjects: the cheap tests first, the same answer ---
+
+
+def _close_subjects_as_before(a: frozenset[str], b: frozenset[str]) -> bool:
+    refs_a = {w for w in a if not w.isalpha()}
+    refs_b = {w for w in b if not w.isalpha()}
+    if refs_a and refs_b and refs_a != refs_b:
+        return False
+    shared = len(a & b)
+    return shared >= 2 and shared / len(a | b) >= 0.6
+
+
+_WORDS = st.frozensets(st.sampled_from(
+    ["fall", "report", "enlace", "2", "1", "inc1000", "inc1001", "vpn", "correo", "lent"]
+), max_size=8)
+
+
+@given(_WORDS, _WORDS)
+@settings(max_examples=1000, deadline=None)
+def test_close_subjects_answers_as_before(a: frozenset[str], b: frozenset[str]) -> None:
+    assert close_subjects(a, b) == _close_subjects_as_before(a, b)
+
+
+def test_close_subjects_answers_as_before_on_mail_subjects() -> None:
+    keys = sorted({subject_words(normalise_subject(decoded_header(m, "Subject")))
+                   for m in mail_messages()}, key=sorted)
+    for a in keys:
+        for b in keys:
+            assert close_subjects(a, b) == _close_subjects_as_before(a, b)
