@@ -11,6 +11,8 @@ from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 
+from mailbridge.parse.fieldvalues import may_hold_caseless
+
 log = logging.getLogger(__name__)
 
 _MAX_SCAN_CHARS = 60_000
@@ -46,6 +48,13 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"error transferring|not listed in|permanent error|mail rejected|mail failed|"
     r"returning to sender",
     re.IGNORECASE,
+)
+# Lower-case words every BOUNCE_SUBJECT_RE match contains one of (tests check each
+# alternative): a subject without any is not searched.
+BOUNCE_SUBJECT_NEEDLES = (
+    "deliver", "fail", "return", "error", "delay", "reject", "entreg", "devuelto",
+    "zustellbar", "recapitabile", "non remis", "bounce", "dsn", "could not", "you sent",
+    "listed",
 )
 BOUNCE_BODY_RE = re.compile(
     r"this is the mail system at host|could not be delivered|couldn't be delivered|"
@@ -358,7 +367,11 @@ def bounce_reason(
         return "feedback report (abuse complaint)"
     named_daemon = _is_daemon_from(message, view)
     null_sender = is_null_or_daemon_path(message, envelope_sender)
-    subject_hit = bool(BOUNCE_SUBJECT_RE.search(subject)) and not prefixed
+    subject_hit = (
+        not prefixed
+        and may_hold_caseless(subject, BOUNCE_SUBJECT_NEEDLES)
+        and bool(BOUNCE_SUBJECT_RE.search(subject))
+    )
     if (named_daemon or null_sender) and (subject_hit or view.header("X-Failed-Recipients")):
         return "delivery report from MAILER-DAEMON/postmaster"
     no_reply = not prefixed and bool(_NOREPLY_LOCAL_RE.match(parseaddr(sender)[1].split("@", 1)[0]))

@@ -11,6 +11,7 @@ from email.utils import getaddresses
 
 from mailbridge.parse.ahead import ahead
 from mailbridge.parse.bounces import MessageView, bounce_reason, text_of
+from mailbridge.parse.fieldvalues import may_hold_caseless
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ _OUT_OF_OFFICE_SUBJECT_RE = re.compile(
     r"fuori sede|resposta autom[aá]tica|ausente do escrit[oó]rio|automatisch antwoord|"
     r"odpowied[zź] automatyczna|autosvar|frånvaro",
     re.IGNORECASE,
+)
+# Lower-case words every _OUT_OF_OFFICE_SUBJECT_RE match contains one of (tests check
+# each alternative): a subject without any is not searched.
+_OUT_OF_OFFICE_SUBJECT_NEEDLES = (
+    "auto", "oficina", "ausen", "vacacion", "office", "vacation", "on leave", "ooo",
+    "abwesenheit", "absence", "fuori sede", "nvaro",
 )
 # First-person absence notes: a customer describing a problem "fuera de la oficina" is
 # not one of them.
@@ -188,7 +195,9 @@ def _auto_reply(view: MessageView, envelope_sender: str | None) -> Classificatio
     if "autoresponder" in view.header("X-POST-MessageClass").lower():
         return Classification(AUTO_REPLY, "X-POST-MessageClass: Autoresponder")
     subject = view.header("Subject")
-    if _OUT_OF_OFFICE_SUBJECT_RE.search(subject):
+    if may_hold_caseless(subject, _OUT_OF_OFFICE_SUBJECT_NEEDLES) and (
+        _OUT_OF_OFFICE_SUBJECT_RE.search(subject)
+    ):
         sign = _out_of_office_sign(view, envelope_sender, suppress)
         if sign:
             return Classification(AUTO_REPLY, f"out-of-office subject and {sign}")

@@ -50,6 +50,21 @@ def fold(text: str) -> str:
     return text.translate(_FOLD)
 
 
+# Under re.IGNORECASE an ASCII letter also matches four non-ASCII characters ("İ", "ı",
+# "ſ", the Kelvin sign "K") that str.lower() does not turn into it (tests check the list).
+CASELESS_ODD = "\u0130\u0131\u017f\u212a"
+
+
+def may_hold_caseless(text: str, needles: tuple[str, ...]) -> bool:
+    """False only if no re.IGNORECASE match of a pattern all of whose matches contain one
+    of the lower-case ASCII ``needles`` can be in ``text``: a cheap test before a costly
+    search."""
+    if any(odd in text for odd in CASELESS_ODD):
+        return True
+    lowered = text.lower()
+    return any(needle in lowered for needle in needles)
+
+
 # ---------------------------------------------------------------------------
 # Places and zones
 

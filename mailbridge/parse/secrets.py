@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 
 from mailbridge.parse.ahead import ahead
-from mailbridge.parse.fieldvalues import fold
+from mailbridge.parse.fieldvalues import CASELESS_ODD, fold
 
 __all__ = ["REDACTED", "redact_secrets"]
 
@@ -103,14 +103,12 @@ _PASSWORD_RE = re.compile(
 )
 _PASSWORD_WORD_RE = re.compile(rf"(?i)(?:{_PASSWORD_WORDS})")
 # The lower-case words each case-insensitive pattern's matches contain (any of them),
-# looked for in the lower-cased text. Under re.IGNORECASE an ASCII letter also matches
-# four other characters ("İ", "ı", "ſ", the Kelvin sign "K") that lower() does not turn
-# into it: a text with one of them is scanned whatever it holds.
+# looked for in the lower-cased text; a text with one of the characters that
+# re.IGNORECASE lets stand for an ASCII letter (CASELESS_ODD) is scanned whatever it holds.
 _URL_PASSWORD_NEEDLES = ("://",)  # not a letter: looked for in the text itself
 _BEARER_NEEDLES = ("bearer", "token")
 _KEYED_TOKEN_NEEDLES = ("api", "token", "secret", "aws_access_key_id", "private")
 _PASSWORD_NEEDLES = ("contrase", "pass", "pwd", "clave", "pin")
-_CASELESS_ODD = "\u0130\u0131\u017f\u212a"
 # Words after "contraseña:" that describe rather than reveal it.
 _NOT_A_PASSWORD = {
     "la", "el", "lo", "no", "si", "sí", "de", "del", "es", "un", "una", "mi", "su", "tu", "que",
@@ -207,7 +205,7 @@ def _find_spans(text: str, *, precheck: bool = True) -> list[tuple[int, int, str
     if not precheck or any(needle in text for needle in _URL_PASSWORD_NEEDLES):
         for match in _URL_PASSWORD_RE.finditer(text):
             spans.append((match.start("value"), match.end("value"), PASSWORD))
-    lowered = text.lower() if precheck and not any(c in text for c in _CASELESS_ODD) else None
+    lowered = text.lower() if precheck and not any(c in text for c in CASELESS_ODD) else None
 
     def may_match(needles: tuple[str, ...]) -> bool:
         return lowered is None or any(needle in lowered for needle in needles)

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from email.message import Message
 from functools import lru_cache
 from pathlib import Path
+from re import _constants, _parser  # type: ignore[attr-defined]
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailbridge.parse import fieldvalues, secrets
+from mailbridge.parse import bounces, classify, fieldvalues, secrets
 from mailbridge.parse.bounces import (
     MessageView,
     content_type,
@@ -66,7 +67,7 @@ def test_the_odd_caseless_characters_are_all_of_them() -> None:
     for letter in "abcdefghijklmnopqrstuvwxyz":
         found |= set(re.findall(f"(?i){letter}", _ALL_NON_ASCII))
         found |= set(re.findall(f"(?i)[{letter}]", _ALL_NON_ASCII))
-    assert found == set(secrets._CASELESS_ODD)
+    assert found == set(fieldvalues.CASELESS_ODD)
 
 
 def test_needles_are_lower_case() -> None:
@@ -187,3 +188,65 @@ def test_close_subjects_answers_as_before_on_mail_subjects() -> None:
     for a in keys:
         for b in keys:
             assert close_subjects(a, b) == _close_subjects_as_before(a, b)
+
+
+# --- classification: subject patterns searched only when a word they need is there ---
+
+
+def _literal_runs(items: list[tuple[object, object]]) -> list[str]:
+    """The runs of characters a sequence of parsed regex items always matches in a row."""
+    runs, current = [], ""
+    for op, av in items:
+        if op is _constants.LITERAL:
+            current += chr(av)  # type: ignore[arg-type]
+            continue
+        if op is _constants.SUBPATTERN:
+            inner = list(av[3])  # type: ignore[index]
+            if not any(o is _constants.BRANCH for o, _a in inner):
+                for run in _literal_runs(inner):
+                    current += run
+                    runs.append(current)
+                    current = run
+                continue
+        runs.append(current)
+        current = ""
+    runs.append(current)
+    return runs
+
+
+@pytest.mark.parametrize(("pattern", "needles"), [
+    (bounces.BOUNCE_SUBJECT_RE, bounces.BOUNCE_SUBJECT_NEEDLES),
+    (classify._OUT_OF_OFFICE_SUBJECT_RE, classify._OUT_OF_OFFICE_SUBJECT_NEEDLES),
+    (secrets._BEARER_RE, secrets._BEARER_NEEDLES),
+    (secrets._PASSWORD_RE, secrets._PASSWORD_NEEDLES),
+])
+def test_every_alternative_holds_a_needle(pattern: re.Pattern[str], needles: tuple[str, ...]) -> None:
+    assert pattern.flags & re.IGNORECASE
+    assert all(n.isascii() and n == n.lower() for n in needles)
+    tree = _parser.parse(pattern.pattern, pattern.flags)
+    items = list(tree)
+    # Down to the alternation: the patterns may open with assertions or a named group.
+    while not any(op is _constants.BRANCH for op, _av in items):
+        nested = [av[3] for op, av in items if op is _constants.SUBPATTERN]  # type: ignore[index]
+        assert nested, pattern.pattern
+        items = list(nested[0])
+    branch = next(av for op, av in items if op is _constants.BRANCH)
+    for alternative in branch[1]:  # type: ignore[index]
+        runs = [run.lower() for run in _literal_runs(list(alternative))]
+        assert any(n in run for run in runs for n in needles), runs
+
+
+def test_subject_prechecks_hide_nothing() -> None:
+    subjects = [decoded_header(m, "Subject") for m in mail_messages()]
+    subjects += ["Undeliverable: hola", "Respuesta automática: Caso 7", "AUTOREPLY", "OOO",
+                 "Mail delivery failed", "Fuera de la oficina", "frånvaro", "Returned mail"]
+    hits = 0
+    for subject in subjects:
+        for pattern, needles in (
+            (bounces.BOUNCE_SUBJECT_RE, bounces.BOUNCE_SUBJECT_NEEDLES),
+            (classify._OUT_OF_OFFICE_SUBJECT_RE, classify._OUT_OF_OFFICE_SUBJECT_NEEDLES),
+        ):
+            if pattern.search(subject):
+                hits += 1
+                assert fieldvalues.may_hold_caseless(subject, needles), subject
+    assert hits > 10
