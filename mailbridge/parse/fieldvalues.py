@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -551,6 +551,37 @@ _IMPACT_LEVEL_RE = re.compile(
 )
 
 
+# What every match of each severity pattern starts with (any of these). The patterns
+# open with a lookbehind or \b, so re finds no prefix to skip to and tries them at every
+# position; `_matches` tries them only where one of these is (tests check the lists).
+_LEVEL_STARTS = tuple(sorted({word.split()[0][:4] for word in _LEVEL_WORDS}))
+_KEYWORD_STARTS = ("crit", "grav", "nive", "prio", "seve", "urge")
+_P_CODE_STARTS = ("P", "SEV", "Sev", "sev")
+_IMPACT_STARTS = ("impacto", *_LEVEL_STARTS)
+
+
+def _matches(
+    pattern: re.Pattern[str], starts: tuple[str, ...], text: str
+) -> Iterator[re.Match[str]]:
+    """pattern.finditer(text), for a pattern each match of which starts with one of
+    ``starts``: the same matches, the pattern tried only at those positions (a match
+    found, the next one is looked for after it, as finditer does)."""
+    positions: set[int] = set()
+    for start in starts:
+        found = text.find(start)
+        while found >= 0:
+            positions.add(found)
+            found = text.find(start, found + 1)
+    end = 0
+    for position in sorted(positions):
+        if position < end:
+            continue
+        match = pattern.match(text, position)
+        if match is not None:
+            yield match
+            end = max(match.end(), position + 1)
+
+
 def _level_of(match: re.Match[str], numbers: Mapping[str, str]) -> str | None:
     groups = match.groupdict()
     word = groups.get("word") or groups.get("word2")
@@ -590,25 +621,33 @@ def severity_of_folded(text: str, folded: str) -> str | None:
 _URGENTE_NEEDLES = ("URGENT", "CR")
 
 
-def _severity(text: str, folded: str) -> str | None:
+def _severity(text: str, folded: str, *, at_starts: bool = True) -> str | None:
+    """detect_severity's work; ``at_starts`` False searches the patterns everywhere (for
+    tests: the same answer)."""
+
+    def matches(pattern: re.Pattern[str], starts: tuple[str, ...], in_text: str) -> Iterator[
+        re.Match[str]
+    ]:
+        return _matches(pattern, starts, in_text) if at_starts else pattern.finditer(in_text)
+
     candidates: list[tuple[int, str]] = []
-    for match in _KEYWORD_LEVEL_RE.finditer(folded):
+    for match in matches(_KEYWORD_LEVEL_RE, _KEYWORD_STARTS, folded):
         level = _level_of(match, _GRAVEDAD_NUMBERS)
         if level:
             candidates.append((match.start(), level))
             break
-    for match in _LEVEL_KEYWORD_RE.finditer(folded):
+    for match in matches(_LEVEL_KEYWORD_RE, _LEVEL_STARTS, folded):
         level = _level_of(match, _GRAVEDAD_NUMBERS)
         if level:
             candidates.append((match.start(), level))
             break
     if candidates:
         return min(candidates)[1]
-    for match in _P_CODE_RE.finditer(text):
+    for match in matches(_P_CODE_RE, _P_CODE_STARTS, text):
         return _P_NUMBERS[match.group("num")]
     if any(needle in text for needle in _URGENTE_NEEDLES) and _URGENTE_RE.search(text):
         return "URGENTE"
-    for match in _IMPACT_LEVEL_RE.finditer(folded):
+    for match in matches(_IMPACT_LEVEL_RE, _IMPACT_STARTS, folded):
         level = _level_of(match, {})
         if level:
             return level

@@ -250,3 +250,63 @@ def test_subject_prechecks_hide_nothing() -> None:
                 hits += 1
                 assert fieldvalues.may_hold_caseless(subject, needles), subject
     assert hits > 10
+
+
+# --- severity patterns tried only where one of their starts is ---
+
+_SKIPPED = {_constants.AT, _constants.ASSERT, _constants.ASSERT_NOT}
+
+
+def _heads(items: list[tuple[object, object]]) -> list[str]:
+    """The literal text each match of a parsed pattern opens with, per alternative."""
+    index = 0
+    while index < len(items) and items[index][0] in _SKIPPED:
+        index += 1
+    assert index < len(items)
+    op, av = items[index]
+    if op is _constants.LITERAL:
+        run = ""
+        while index < len(items) and items[index][0] is _constants.LITERAL:
+            run += chr(items[index][1])  # type: ignore[arg-type]
+            index += 1
+        return [run]
+    if op is _constants.SUBPATTERN:
+        return _heads([*av[3], *items[index + 1:]])  # type: ignore[index]
+    if op is _constants.BRANCH:
+        return [h for alternative in av[1] for h in _heads([*alternative, *items[index + 1:]])]  # type: ignore[index]
+    raise AssertionError(f"no literal start: {op}")
+
+
+@pytest.mark.parametrize(("pattern", "starts"), [
+    (fieldvalues._KEYWORD_LEVEL_RE, fieldvalues._KEYWORD_STARTS),
+    (fieldvalues._LEVEL_KEYWORD_RE, fieldvalues._LEVEL_STARTS),
+    (fieldvalues._P_CODE_RE, fieldvalues._P_CODE_STARTS),
+    (fieldvalues._IMPACT_LEVEL_RE, fieldvalues._IMPACT_STARTS),
+])
+def test_every_severity_match_opens_with_a_start(pattern: re.Pattern[str],
+                                                 starts: tuple[str, ...]) -> None:
+    assert not pattern.flags & re.IGNORECASE
+    heads = _heads(list(_parser.parse(pattern.pattern, pattern.flags)))
+    assert heads
+    for head in heads:
+        assert any(head.startswith(start) for start in starts), head
+
+
+def test_severity_at_starts_is_severity_everywhere() -> None:
+    texts = [*SEVERITY_TEXTS, *mail_texts(), "muy\talta prioridad", "prioridad: muy\nalta",
+             "Sev-2", "P3 impacto bajo", "impacto alto", "gravedad 1", "x P1 P2"]
+    for text in texts:
+        text = text[:200_000]
+        folded = fieldvalues.fold(text)
+        assert fieldvalues._severity(text, folded) == (
+            fieldvalues._severity(text, folded, at_starts=False)
+        ), text
+        for pattern, starts, where in (
+            (fieldvalues._KEYWORD_LEVEL_RE, fieldvalues._KEYWORD_STARTS, folded),
+            (fieldvalues._LEVEL_KEYWORD_RE, fieldvalues._LEVEL_STARTS, folded),
+            (fieldvalues._P_CODE_RE, fieldvalues._P_CODE_STARTS, text),
+            (fieldvalues._IMPACT_LEVEL_RE, fieldvalues._IMPACT_STARTS, folded),
+        ):
+            assert [m.span() for m in fieldvalues._matches(pattern, starts, where)] == [
+                m.span() for m in pattern.finditer(where)
+            ]
