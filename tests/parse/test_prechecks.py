@@ -310,3 +310,19 @@ def test_severity_at_starts_is_severity_everywhere() -> None:
             assert [m.span() for m in fieldvalues._matches(pattern, starts, where)] == [
                 m.span() for m in pattern.finditer(where)
             ]
+
+
+# --- fold: a long text's ASCII runs lower-cased in one pass ---
+
+
+def test_ascii_folds_to_lower_case_but_odd_blanks() -> None:
+    for code in range(128):
+        char = chr(code)
+        expected = " " if char in fieldvalues._ODD_ASCII_BLANKS else char.lower()
+        assert fieldvalues._FOLD[code] == expected == char.translate(fieldvalues._FOLD)
+
+
+def test_fold_of_long_text_is_translate() -> None:
+    texts = [*mail_texts(), "Á" * 300, "a" * 300, "É\x0b" * 200, "İ" + "x" * 300, "ab\u0130" * 100]
+    for text in texts:
+        assert fieldvalues.fold(text) == text.translate(fieldvalues._FOLD)
