@@ -27,22 +27,13 @@ from mailbridge.parse.bounces import (
 from mailbridge.parse.mime import parse_mail
 from mailbridge.parse.replies import close_subjects, normalise_subject, subject_words
 from tests.parse.test_secrets import NOT_SECRETS, REDACTIONS
-from tests.support.corpus import corpus_dir, read_raw
+from tests.support.corpus import mail_files, read_raw
 
 MESSAGES = Path(__file__).resolve().parent.parent / "messages"
-NOT_MAIL = {".md", ".json", ".tsv", ".rb", ".py", ".gitattributes"}
 
 
 def _mail_files() -> list[Path]:
-    files = sorted(MESSAGES.rglob("*.eml"))
-    root = corpus_dir()
-    if root.is_dir():
-        files += sorted(
-            p for p in root.rglob("*")
-            if p.is_file() and p.suffix not in NOT_MAIL
-            and not p.name.startswith(("LICENSE", "."))
-        )
-    return files
+    return mail_files(MESSAGES)
 
 
 @lru_cache(maxsize=1)

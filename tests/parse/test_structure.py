@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailbridge.parse.structure import message_from_bytes, regular_message
-from tests.support.corpus import corpus_dir
+from tests.support.corpus import mail_files
 
 MESSAGES = Path(__file__).resolve().parent.parent / "messages"
 
@@ -45,15 +45,7 @@ def _check(raw: bytes) -> bool:
 
 
 def _mail_files() -> list[Path]:
-    files = sorted(MESSAGES.rglob("*.eml"))
-    root = corpus_dir()
-    if root.is_dir():
-        files += sorted(
-            p for p in root.rglob("*")
-            if p.is_file() and p.suffix not in {".md", ".json", ".tsv", ".rb", ".py"}
-            and not p.name.startswith(("LICENSE", "."))
-        )
-    return files
+    return mail_files(MESSAGES)
 
 
 def test_every_test_and_corpus_mail_reads_as_the_stdlib_reads_it() -> None:

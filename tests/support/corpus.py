@@ -41,3 +41,21 @@ def read_raw(path: Path) -> bytes:
 def load(path: Path) -> Message:
     """A corpus file parsed by the stdlib, as read_raw gives it."""
     return email.message_from_bytes(read_raw(path), policy=email.policy.compat32)
+
+
+# What the corpus holds beside its mail (notes, indexes, the scripts that made it).
+NOT_MAIL = {".md", ".json", ".tsv", ".rb", ".py", ".gitattributes"}
+
+
+def mail_files(messages: Path) -> list[Path]:
+    """Every test message (`*.eml` under `messages`), then every mail of the shared
+    corpus when it is there (its notes, indexes and licences left out)."""
+    files = sorted(messages.rglob("*.eml"))
+    root = corpus_dir()
+    if root.is_dir():
+        files += sorted(
+            p for p in root.rglob("*")
+            if p.is_file() and p.suffix not in NOT_MAIL
+            and not p.name.startswith(("LICENSE", "."))
+        )
+    return files

@@ -11,6 +11,11 @@ from sqlalchemy import event
 from mailbridge.db import Database
 
 
+def _engines(db: Database) -> list[Any]:
+    """The writer's engine and, on SQLite, the readers' (one engine on PostgreSQL)."""
+    return list({id(e): e for e in (db.engine, db.read_engine)}.values())
+
+
 @contextlib.contextmanager
 def statements(db: Database, *, writer_only: bool = False) -> Iterator[list[str]]:
     """Every SQL statement run on the database's engines inside the block (the writer's
@@ -20,8 +25,7 @@ def statements(db: Database, *, writer_only: bool = False) -> Iterator[list[str]
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         seen.append(" ".join(statement.split()))
 
-    engines = [db.engine] if writer_only else list({id(e): e for e in (
-        db.engine, db.read_engine)}.values())
+    engines = [db.engine] if writer_only else _engines(db)
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
@@ -47,7 +51,7 @@ def sqlite_steps(db: Database) -> Iterator[list[int]]:
         dbapi.set_progress_handler(tick, 1000)
         counting[id(dbapi)] = dbapi
 
-    engines = list({id(e): e for e in (db.engine, db.read_engine)}.values())
+    engines = _engines(db)
     for engine in engines:
         event.listen(engine, "before_cursor_execute", hook)
     try:
