@@ -81,8 +81,9 @@ def set_status(session: Session, rules: Rules, ticket: Ticket, value: str, *, by
                       + ", ".join(sorted({*SETTABLE_STATUSES.values()})))
     old = ticket.status
     ticket.status = wanted
-    if wanted == STATUS_CLOSED:
-        ticket.closed_at = now
+    # Reopened by staff, the case is no longer closed since then (`mailbridge archive`
+    # and the listings read closed_at).
+    ticket.closed_at = now if wanted == STATUS_CLOSED else None
     if wanted == STATUS_WAITING and old != STATUS_WAITING:
         start_wait(ticket, now)
     elif wanted != STATUS_WAITING and old == STATUS_WAITING:

@@ -123,3 +123,22 @@ def test_without_a_webhook_target_no_event_is_recorded(db, settings, rules) -> N
                                     secret_env="JIRA_WEBHOOK_SECRET")])
     deliver(db, settings, rules, opening_mail(subject="TEN-1001 Tercer asunto distinto").as_bytes())
     assert [e["ticket_id"] for e in _events(db, "case.created")] == [3]
+
+
+def test_a_closed_case_reopened_by_staff_is_no_longer_dated_closed(db, settings, rules) -> None:
+    deliver(db, settings, rules, opening_mail().as_bytes())
+    closed_at = utcnow()
+    with db.transaction() as session:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == 1))
+        assert ticket is not None
+        assert set_status(session, rules, ticket, "cerrado", by="api:jira", now=closed_at).ok
+    with db.reader() as session:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == 1))
+        assert ticket is not None and ticket.closed_at == closed_at
+    with db.transaction() as session:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == 1))
+        assert ticket is not None
+        assert set_status(session, rules, ticket, "abierto", by="api:jira", now=utcnow()).ok
+    with db.reader() as session:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == 1))
+        assert ticket is not None and (ticket.status, ticket.closed_at) == ("abierto", None)
