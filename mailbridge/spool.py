@@ -34,12 +34,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import (
-    Mapped,
-    Session,
-    mapped_column,
-    relationship,
-)
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 
 from mailbridge.db import Base, Database, UTCDateTime, utcnow
@@ -280,15 +275,14 @@ def _insert(
         return
     if sqlite:
         streamed.extend(_zeroblob_placeholders(mails))
-    now = utcnow()
     chosen: list[dict[str, Any]] = []  # an id given by the caller is kept
     numbered: list[dict[str, Any]] = []
     for mail in mails:
         state = mail.__dict__
-        for key, default in (("received_at", now), ("mail_from", ""), ("rcpt_tos", []),
-                             ("state", STATE_NEW), ("attempts", 0)):
+        for key, default in _INBOUND_DEFAULTS:  # the model's, as the ORM would apply them
             if state.get(key) is None:
-                set_committed_value(mail, key, default)
+                set_committed_value(mail, key, default.arg(None) if default.is_callable
+                                    else default.arg)
         row = {c.key: state.get(c.key) for c in _INBOUND_COLUMNS}
         if state.get("id") is not None:
             chosen.append({"id": state["id"], **row})
@@ -326,6 +320,7 @@ def _forget_ids(assigned: list[InboundMail]) -> None:
 
 
 _INBOUND_COLUMNS = [c for c in InboundMail.__table__.columns if not c.primary_key]
+_INBOUND_DEFAULTS = [(c.key, c.default) for c in _INBOUND_COLUMNS if c.default is not None]
 _INSERT_INBOUND = insert(InboundMail.__table__).returning(
     InboundMail.__table__.c.id, sort_by_parameter_order=True)
 _INSERT_RAW = insert(InboundRaw.__table__)
